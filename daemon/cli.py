@@ -1,0 +1,327 @@
+"""The `taskd` command: parse flags, build Settings, run one verb.
+
+Configuration errors end here with one line on stderr and exit code 78, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import redis
+
+from daemon import __version__, config, exitcodes
+from daemon.config import SPECS, ConfigError, Settings, env_name, flag_name
+
+CONNECTION_FIELDS = (
+    "redis_url",
+    "connect_timeout",
+    "socket_timeout",
+    "block_timeout",
+    "health_check_interval",
+    "keepalive_idle",
+    "keepalive_interval",
+    "keepalive_count",
+    "backoff_base",
+    "backoff_cap",
+    "log_level",
+    "log_format",
+)
+CONSUME_FIELDS = (
+    "queues",
+    "handler",
+    "worker_id",
+    "stall_timeout",
+    "task_timeout",
+    "drain_timeout",
+    "max_attempts",
+    "retry_base",
+    "retry_cap",
+    "heartbeat_ttl",
+    "recovery_interval",
+    "metrics_port",
+    "metrics_host",
+    "heartbeat_file",
+)
+EXIT_UNAVAILABLE = 69  # a one-shot command could not reach Redis
+
+HELP_EPILOG = """\
+Every flag has an environment twin: --block-timeout is TASKD_BLOCK_TIMEOUT, --queue is
+TASKD_QUEUES (comma-separated). Precedence: defaults < --config FILE (TOML) < TASKD_* < flags.
+Exit codes: 0 clean stop, 70 stall watchdog fired, 75 drain timeout, 78 bad configuration.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line with exit code 78, like any config error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(exitcodes.CONFIG, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _add_setting(parser: argparse.ArgumentParser, name: str, help_text: str = "") -> None:
+    spec = SPECS[name]
+    default = getattr(Settings(), name)
+    shown = ", ".join(default) if isinstance(default, tuple) else default
+    text = f"{help_text or spec.expected} (env {env_name(name)}; default {shown!s})"
+    if spec.kind == "list":
+        parser.add_argument(flag_name(name), dest=name, action="append", help=text)
+    else:
+        parser.add_argument(
+            flag_name(name), dest=name, help=text, metavar=name.upper().split("_")[-1]
+        )
+
+
+HELPS = {
+    "redis_url": "redis://[user:pass@]host:port/db, rediss://, unix:///path.sock or "
+    "redis+sentinel://host:port[,host:port]/master/db",
+    "queues": "queue to consume; repeat for several (served in the order given)",
+    "handler": "module:function called with each task body (built-ins: daemon.handlers:log, "
+    ":noop, :sleep, :fail)",
+    "worker_id": "stable id of this worker (its processing list); default host:process-name "
+    "under supervisord, else host:pid",
+    "block_timeout": "seconds one blocking claim waits for a task",
+    "socket_timeout": "seconds before a silent connection counts as dead; must exceed "
+    "--block-timeout (0 = block timeout + 5)",
+    "stall_timeout": "seconds without loop progress before the watchdog exits with 70",
+    "task_timeout": "seconds one handler run may take before the watchdog exits with 70",
+    "drain_timeout": "seconds the in-flight task may take to finish after SIGTERM",
+    "max_attempts": "failed attempts before a task goes to the dead letters",
+    "heartbeat_ttl": "seconds a worker's heartbeat lives (0 = 3 x block timeout)",
+    "recovery_interval": "seconds between looks for dead peers' tasks (0 = 2 x block timeout)",
+    "metrics_port": "port of /metrics, /healthz, /readyz (0 = none)",
+    "heartbeat_file": "file the watchdog thread rewrites every second (for taskd watchdog)",
+}
+
+
+def _connection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML file with settings (env TASKD_CONFIG)")
+    for name in CONNECTION_FIELDS:
+        _add_setting(parser, name, HELPS.get(name, ""))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, one subcommand per verb."""
+    parser = _Parser(
+        prog="taskd",
+        description="A Redis task consumer that never hangs silently and never loses a task.",
+        epilog=HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"taskd {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+
+    consume = verbs.add_parser(
+        "consume",
+        help="consume tasks from one or more queues (the daemon)",
+        description="Claim tasks with BLMOVE into a per-worker processing list, run the handler, "
+        "ack after success; retry with backoff, dead-letter after --max-attempts.",
+        epilog=HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _connection_args(consume)
+    for name in CONSUME_FIELDS:
+        _add_setting(consume, name, HELPS.get(name, ""))
+    consume.set_defaults(run=cmd_consume)
+
+    enqueue = verbs.add_parser(
+        "enqueue",
+        help="push tasks onto a queue",
+        description="Push each BODY as one task; with '-' read one task per stdin line.",
+    )
+    _connection_args(enqueue)
+    _add_setting(enqueue, "queues", "queue to push onto")
+    enqueue.add_argument("bodies", nargs="+", metavar="BODY", help="task bodies, or - for stdin")
+    enqueue.set_defaults(run=cmd_enqueue)
+
+    publish = verbs.add_parser("publish", help="publish messages on a channel")
+    _connection_args(publish)
+    _add_setting(publish, "channels", "channel to publish on")
+    publish.add_argument("bodies", nargs="+", metavar="BODY", help="messages, or - for stdin")
+    publish.set_defaults(run=cmd_publish)
+
+    status = verbs.add_parser(
+        "status", help="show queue depths, processing lists, workers and dead letters"
+    )
+    _connection_args(status)
+    _add_setting(status, "queues", "queue to show; repeat for several")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(run=cmd_status)
+
+    dead = verbs.add_parser("dead", help="list, requeue or purge dead letters")
+    _connection_args(dead)
+    dead.add_argument("action", choices=("list", "requeue", "purge"))
+    _add_setting(dead, "queues", "queue whose dead letters to act on")
+    dead.add_argument("--limit", type=int, default=100, help="how many to list (default 100)")
+    dead.set_defaults(run=cmd_dead)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags = {name: getattr(args, name) for name in SPECS if hasattr(args, name)}
+    return config.load(flags, config_path=args.config)
+
+
+def _setup_logging(settings: Settings) -> None:
+    from daemon.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    """Run the consumer until SIGTERM/SIGINT."""
+    from daemon import handlers
+    from daemon.consumer import Consumer
+    from daemon.liveness import StallWatchdog
+
+    settings = _settings(args)
+    if not settings.handler:
+        raise ConfigError(
+            "--handler is missing: expected module:function (env TASKD_HANDLER), "
+            "e.g. --handler daemon.handlers:log"
+        )
+    handler = handlers.load(settings.handler)
+    _setup_logging(settings)
+    import structlog
+
+    log = structlog.get_logger("taskd")
+    consumer = Consumer(settings, handler)
+    if settings.metrics_port:
+        from daemon.http import serve_metrics
+
+        serve_metrics(settings, consumer.progress, consumer.link, log)
+    watchdog = StallWatchdog(
+        consumer.progress,
+        settings.stall_timeout,
+        settings.task_timeout,
+        log.bind(worker=settings.worker_id),
+        heartbeat_file=settings.heartbeat_file,
+    )
+    watchdog.start()
+    signal.signal(signal.SIGTERM, consumer.request_stop)
+    signal.signal(signal.SIGINT, consumer.request_stop)
+    try:
+        return consumer.run()
+    finally:
+        watchdog.stop()
+
+
+def _bodies(raw: Sequence[str]) -> list[str]:
+    if list(raw) == ["-"]:
+        return [line.rstrip("\n") for line in sys.stdin if line.rstrip("\n")]
+    return list(raw)
+
+
+def _client(settings: Settings) -> Any:
+    from daemon.connection import make_client
+
+    return make_client(settings, client_name="taskd-cli")
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    """Push tasks; prints how many and the queue."""
+    from daemon.producer import enqueue_many
+
+    settings = _settings(args)
+    queue = settings.queues[0]
+    pushed = enqueue_many(_client(settings), queue, _bodies(args.bodies))
+    print(f"enqueued {pushed} task(s) on {queue}")
+    return exitcodes.OK
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Publish messages; warns when nobody was listening (pub/sub keeps nothing)."""
+    from daemon.producer import publish
+
+    settings = _settings(args)
+    channel = settings.channels[0]
+    client = _client(settings)
+    bodies = _bodies(args.bodies)
+    receivers = [publish(client, channel, body) for body in bodies]
+    print(f"published {len(bodies)} message(s) on {channel}")
+    if bodies and not any(receivers):
+        print("warning: no subscriber was listening; pub/sub keeps nothing", file=sys.stderr)
+    return exitcodes.OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Depths, processing lists, workers and dead letters of each queue."""
+    from daemon.status import queue_status
+
+    settings = _settings(args)
+    client = _client(settings)
+    rows = [queue_status(client, q) for q in settings.queues]
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        return exitcodes.OK
+    for row in rows:
+        print(
+            f"queue {row.queue}: pending {row.pending}  processing {row.processing}  "
+            f"delayed {row.delayed}  dead {row.dead}"
+        )
+        for w in row.workers:
+            state = "alive" if w["alive"] else "DEAD (tasks will be recovered)"
+            print(f"  worker {w['worker']}: {state}, holding {w['processing']}")
+        if not row.workers:
+            print("  no workers")
+    return exitcodes.OK
+
+
+def cmd_dead(args: argparse.Namespace) -> int:
+    """List, requeue or purge the dead letters of one queue."""
+    from daemon.keys import QueueKeys
+    from daemon.reliable import ReliableQueue, dead_letter_body
+    from daemon.status import dead_letters
+
+    settings = _settings(args)
+    queue = settings.queues[0]
+    client = _client(settings)
+    if args.action == "list":
+        for doc in dead_letters(client, queue, max(1, args.limit)):
+            print(json.dumps(doc, ensure_ascii=False))
+        return exitcodes.OK
+    if args.action == "purge":
+        count = int(client.llen(QueueKeys(queue).dead))
+        client.delete(QueueKeys(queue).dead)
+        print(f"purged {count} dead letter(s) of {queue}")
+        return exitcodes.OK
+    reliable = ReliableQueue(client, queue, "taskd-cli")
+    requeued = skipped = 0
+    for entry in client.lrange(QueueKeys(queue).dead, 0, -1):
+        from daemon.reliable import parse_dead_letter
+
+        body = dead_letter_body(parse_dead_letter(entry))
+        if body is None:
+            skipped += 1
+            continue
+        requeued += reliable.requeue_dead(entry, body)
+    print(f"requeued {requeued} dead letter(s) onto {queue}; {skipped} unreadable left in place")
+    return exitcodes.OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `taskd` and `python -m daemon`."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except ConfigError as exc:
+        print(f"taskd {args.verb}: error: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG
+    except redis.RedisError as exc:
+        from daemon.connection import fatal_reason, is_transient
+
+        url = getattr(args, "redis_url", None) or Settings().redis_url
+        if not is_transient(exc):
+            print(f"taskd {args.verb}: error: {fatal_reason(exc, url)}", file=sys.stderr)
+            return exitcodes.CONFIG
+        print(f"taskd {args.verb}: error: redis unreachable ({exc})", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,261 @@
+"""Settings: defaults < ``--config FILE`` (TOML) < ``TASKD_*`` environment < command-line flags.
+
+This is the only module that reads the environment. Every setting has a flag
+(``--block-timeout``) and an environment twin (``TASKD_BLOCK_TIMEOUT``); list settings take
+several flags or a comma-separated environment value. Bad values raise ConfigError with one
+line that names the value, where it came from, and what was expected; the CLI turns that into
+exit code 78.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from daemon import redis_url
+from daemon.keys import DEFAULT_CHANNEL, DEFAULT_QUEUE
+
+ENV_PREFIX = "TASKD_"
+SOCKET_MARGIN = 5.0  # default socket timeout = block timeout + this
+
+
+class ConfigError(Exception):
+    """A configuration value is unusable; str(error) is the one line to show the user."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a taskd process is told; frozen so no loop can change a policy under another."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queues: tuple[str, ...] = (DEFAULT_QUEUE,)
+    channels: tuple[str, ...] = (DEFAULT_CHANNEL,)
+    patterns: tuple[str, ...] = ()
+    handler: str = ""
+    worker_id: str = ""
+    block_timeout: float = 5.0
+    socket_timeout: float = 0.0  # 0 = block timeout + SOCKET_MARGIN
+    connect_timeout: float = 5.0
+    health_check_interval: float = 15.0
+    keepalive_idle: int = 10
+    keepalive_interval: int = 5
+    keepalive_count: int = 3
+    backoff_base: float = 0.2
+    backoff_cap: float = 5.0
+    max_attempts: int = 5
+    retry_base: float = 1.0
+    retry_cap: float = 300.0
+    heartbeat_ttl: float = 0.0  # 0 = 3 x block timeout
+    recovery_interval: float = 0.0  # 0 = 2 x block timeout
+    stall_timeout: float = 60.0
+    task_timeout: float = 300.0
+    drain_timeout: float = 30.0
+    metrics_port: int = 0  # 0 = no metrics server
+    metrics_host: str = "127.0.0.1"
+    heartbeat_file: str = ""
+    log_level: str = "info"
+    log_format: str = "auto"
+
+    def with_derived(self) -> Settings:
+        """Fill in values that default to a function of others (socket timeout, TTL, ...)."""
+        changes: dict[str, Any] = {}
+        if not self.socket_timeout:
+            changes["socket_timeout"] = self.block_timeout + SOCKET_MARGIN
+        if not self.heartbeat_ttl:
+            changes["heartbeat_ttl"] = 3 * self.block_timeout
+        if not self.recovery_interval:
+            changes["recovery_interval"] = 2 * self.block_timeout
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def validate(self) -> Settings:
+        """Check cross-field rules; return self so callers can chain."""
+        _validate(self)
+        return self
+
+
+@dataclass(frozen=True)
+class _Spec:
+    kind: str  # "float" (> 0), "float0" (>= 0), "int" (> 0), "int0" (>= 0), "str", "list"
+    expected: str
+
+
+SPECS: dict[str, _Spec] = {
+    "redis_url": _Spec("str", redis_url.EXPECTED),
+    "queues": _Spec("list", "one or more queue names"),
+    "channels": _Spec("list", "one or more channel names"),
+    "patterns": _Spec("list", "channel patterns such as news.*"),
+    "handler": _Spec("str", "module:function, e.g. daemon.handlers:log"),
+    "worker_id": _Spec("str", "a worker id without spaces"),
+    "block_timeout": _Spec("float", "seconds > 0"),
+    "socket_timeout": _Spec("float0", "seconds larger than the block timeout"),
+    "connect_timeout": _Spec("float", "seconds > 0"),
+    "health_check_interval": _Spec("float0", "seconds >= 0"),
+    "keepalive_idle": _Spec("int", "whole seconds > 0"),
+    "keepalive_interval": _Spec("int", "whole seconds > 0"),
+    "keepalive_count": _Spec("int", "a whole number > 0"),
+    "backoff_base": _Spec("float", "seconds > 0"),
+    "backoff_cap": _Spec("float", "seconds > 0"),
+    "max_attempts": _Spec("int", "a whole number >= 1"),
+    "retry_base": _Spec("float", "seconds > 0"),
+    "retry_cap": _Spec("float", "seconds > 0"),
+    "heartbeat_ttl": _Spec("float0", "seconds larger than the block timeout"),
+    "recovery_interval": _Spec("float0", "seconds > 0"),
+    "stall_timeout": _Spec("float", "seconds larger than block timeout + socket timeout margin"),
+    "task_timeout": _Spec("float", "seconds > 0"),
+    "drain_timeout": _Spec("float", "seconds > 0"),
+    "metrics_port": _Spec("int0", "a TCP port 1-65535, or 0 for none"),
+    "metrics_host": _Spec("str", "an address to bind, e.g. 127.0.0.1"),
+    "heartbeat_file": _Spec("str", "a file path"),
+    "log_level": _Spec("str", "debug, info, warning or error"),
+    "log_format": _Spec("str", "auto, json or console"),
+}
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "json", "console")
+
+
+def flag_name(field_name: str) -> str:
+    """`block_timeout` -> `--block-timeout` (list settings use the singular: `--queue`)."""
+    singular = {"queues": "queue", "channels": "channel", "patterns": "pattern"}
+    return "--" + singular.get(field_name, field_name).replace("_", "-")
+
+
+def env_name(field_name: str) -> str:
+    """`block_timeout` -> `TASKD_BLOCK_TIMEOUT`."""
+    return ENV_PREFIX + field_name.upper()
+
+
+def _convert(name: str, raw: Any, source: str) -> Any:
+    spec = SPECS[name]
+    where = f"{source}={raw!r}"
+    if spec.kind == "list":
+        items = raw.split(",") if isinstance(raw, str) else raw
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{where}: expected {spec.expected}")
+        values = tuple(i.strip() for i in items if i.strip())
+        if name == "queues" and not values:
+            raise ConfigError(f"{where}: expected {spec.expected}")
+        return values
+    if spec.kind == "str":
+        if not isinstance(raw, str):
+            raise ConfigError(f"{where}: expected {spec.expected}")
+        return raw
+    number_type: Callable[[Any], Any] = int if spec.kind.startswith("int") else float
+    if isinstance(raw, bool):
+        raise ConfigError(f"{where}: expected {spec.expected}")
+    try:
+        value = number_type(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {spec.expected}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"{where}: expected {spec.expected}")
+    minimum_ok = value >= 0 if spec.kind.endswith("0") else value > 0
+    if not minimum_ok:
+        raise ConfigError(f"{where}: expected {spec.expected}")
+    return value
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path!r}: file not found; expected a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"--config {path!r}: cannot read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path!r}: not valid TOML ({exc})") from None
+    section = data.get("taskd", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"--config {path!r}: [taskd] must be a table")
+    return section
+
+
+def default_worker_id(env: Mapping[str, str]) -> str:
+    """`<host>:<supervisor process name>` under supervisord (stable), else `<host>:<pid>`."""
+    name = env.get("SUPERVISOR_PROCESS_NAME")
+    return f"{socket.gethostname()}:{name or os.getpid()}"
+
+
+def load(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+    config_path: str | None = None,
+) -> Settings:
+    """Build validated Settings from the layered sources. `flags` holds only flags given."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    config_path = config_path or env.get(ENV_PREFIX + "CONFIG") or None
+    if config_path:
+        for key, raw in _read_toml(config_path).items():
+            name = key.replace("-", "_")
+            if name == "queue":
+                name, raw = "queues", [raw] if isinstance(raw, str) else raw
+            if name not in SPECS:
+                raise ConfigError(
+                    f"--config {config_path!r}: unknown setting {key!r}; "
+                    f"expected one of {', '.join(sorted(SPECS))}"
+                )
+            values[name] = _convert(name, raw, f"{config_path}:{key}")
+    for name in SPECS:
+        raw_env = env.get(env_name(name))
+        if raw_env is not None and raw_env != "":
+            values[name] = _convert(name, raw_env, env_name(name))
+    for name, raw in flags.items():
+        if raw is not None and name in SPECS:
+            values[name] = _convert(name, raw, flag_name(name))
+    settings = Settings(**values)
+    if not settings.worker_id:
+        settings = dataclasses.replace(settings, worker_id=default_worker_id(env))
+    return settings.with_derived().validate()
+
+
+def _validate(s: Settings) -> None:
+    try:
+        redis_url.parse(s.redis_url)
+    except redis_url.RedisUrlError as exc:
+        raise ConfigError(str(exc)) from None
+    if s.socket_timeout <= s.block_timeout:
+        raise ConfigError(
+            f"--socket-timeout={s.socket_timeout:g}: expected more than the block timeout "
+            f"({s.block_timeout:g} s), or a blocking claim would be cut off by its own socket"
+        )
+    if s.heartbeat_ttl <= s.block_timeout:
+        raise ConfigError(
+            f"--heartbeat-ttl={s.heartbeat_ttl:g}: expected more than the block timeout "
+            f"({s.block_timeout:g} s), or idle workers would look dead"
+        )
+    if s.stall_timeout <= s.socket_timeout:
+        raise ConfigError(
+            f"--stall-timeout={s.stall_timeout:g}: expected more than the socket timeout "
+            f"({s.socket_timeout:g} s = block timeout + margin), or an idle claim looks stalled"
+        )
+    if s.backoff_cap < s.backoff_base:
+        raise ConfigError(
+            f"--backoff-cap={s.backoff_cap:g}: "
+            f"expected at least --backoff-base ({s.backoff_base:g})"
+        )
+    if s.retry_cap < s.retry_base:
+        raise ConfigError(
+            f"--retry-cap={s.retry_cap:g}: expected at least --retry-base ({s.retry_base:g})"
+        )
+    if s.metrics_port > 65535:
+        raise ConfigError(
+            f"--metrics-port={s.metrics_port}: expected {SPECS['metrics_port'].expected}"
+        )
+    if s.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"--log-level={s.log_level!r}: expected {SPECS['log_level'].expected}")
+    if s.log_format not in LOG_FORMATS:
+        raise ConfigError(f"--log-format={s.log_format!r}: expected {SPECS['log_format'].expected}")
+    if s.handler and (s.handler.count(":") != 1 or not all(s.handler.split(":"))):
+        raise ConfigError(f"--handler={s.handler!r}: expected {SPECS['handler'].expected}")
+    if any(c.isspace() for c in s.worker_id):
+        raise ConfigError(f"--worker-id={s.worker_id!r}: expected {SPECS['worker_id'].expected}")
+    for queue in s.queues:
+        if any(c.isspace() for c in queue):
+            raise ConfigError(f"--queue={queue!r}: expected a queue name without spaces")

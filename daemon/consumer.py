@@ -1,0 +1,413 @@
+"""The consume loop: claim -> handle -> ack, with heartbeats, recovery, signals and reconnects.
+
+One turn of the loop: mark progress, do what is due (heartbeat, promote delayed retries,
+recover dead peers, reconcile a lost claim reply), claim with a finite deadline, handle.
+Redis errors never end the loop: it waits with backoff and goes on; only errors that waiting
+cannot cure (wrong password, server too old) raise RedisFatalError (exit 78).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+import structlog
+from redis.backoff import AbstractBackoff, ExponentialBackoff
+
+from daemon import exitcodes, metrics
+from daemon.config import Settings
+from daemon.connection import (
+    LinkState,
+    RedisFatalError,
+    fatal_reason,
+    is_transient,
+    make_backoff,
+    make_client,
+)
+from daemon.handlers import Handler
+from daemon.liveness import Progress
+from daemon.redis_url import redact
+from daemon.reliable import ReliableQueue, dead_letter_entry, digest
+
+T = TypeVar("T")
+
+HEARTBEAT_EVERY = 1.0  # seconds between heartbeats of a busy worker
+PROMOTE_EVERY = 1.0  # seconds between moves of due retries back to pending
+
+
+class _GiveUp(Exception):
+    """Stop retrying a Redis call: the process is stopping."""
+
+
+def retry_delay(policy: AbstractBackoff, attempts: int) -> float:
+    """Delay before retry number `attempts` (1 -> base, 2 -> 2 x base, ... capped)."""
+    return float(policy.compute(attempts - 1))
+
+
+class Consumer:
+    """Consumes the configured queues until asked to stop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        handler: Handler,
+        *,
+        client: redis.Redis | None = None,
+        aux_client: redis.Redis | None = None,
+        backoff: AbstractBackoff | None = None,
+        progress: Progress | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.handler = handler
+        self.worker = settings.worker_id
+        self.log = structlog.get_logger("taskd.consumer").bind(worker=self.worker)
+        self.client = client or make_client(settings, client_name=f"taskd-claim:{self.worker}")
+        self.aux_client = aux_client or make_client(
+            settings, client_name=f"taskd-aux:{self.worker}"
+        )
+        self.queues = [ReliableQueue(self.client, q, self.worker) for q in settings.queues]
+        self.link = LinkState(backoff or make_backoff(settings), self.log, clock=clock)
+        self.link.listeners.append(lambda up: metrics.REDIS_CONNECTED.set(1 if up else 0))
+        self.retry_policy = ExponentialBackoff(cap=settings.retry_cap, base=settings.retry_base)
+        self.progress = progress or Progress(clock)
+        self.clock = clock
+        self.stop_requested = threading.Event()
+        self._never = threading.Event()  # waits that a stop must not cut short
+        self._started = False
+        self._reconcile_due: float | None = None
+        self._next: dict[str, float] = {}
+        self._turn = 0
+        self._drain_timer: threading.Timer | None = None
+        self._task_heartbeat = _TaskHeartbeat(
+            [ReliableQueue(self.aux_client, q, self.worker) for q in settings.queues],
+            settings.heartbeat_ttl,
+        )
+        metrics.preexport(settings.queues)
+
+    # -- control ----------------------------------------------------------------------------
+    def request_stop(self, signum: int = 15, _frame: Any = None) -> None:
+        """First signal: stop claiming and drain. Second signal: exit at once."""
+        if self.stop_requested.is_set():
+            self.log.warning(
+                "consumer.forced_exit",
+                signal=signum,
+                note="task left in the processing list; it will be recovered",
+            )
+            os._exit(128 + signum)
+        self.log.info("consumer.stopping", signal=signum, drain_timeout=self.settings.drain_timeout)
+        self.stop_requested.set()
+        self._drain_timer = threading.Timer(self.settings.drain_timeout, self._drain_expired)
+        self._drain_timer.daemon = True
+        self._drain_timer.start()
+
+    def _drain_expired(self) -> None:
+        self.log.error(
+            "consumer.drain_timeout",
+            drain_timeout=self.settings.drain_timeout,
+            note="task left in the processing list; it will be recovered",
+            **self.progress.snapshot().as_dict(),
+        )
+        os._exit(exitcodes.DRAIN_TIMEOUT)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> int:
+        """Consume until stopped; returns the exit code (0 after a clean drain)."""
+        s = self.settings
+        self.log.info(
+            "consumer.started",
+            queues=list(s.queues),
+            redis=redact(s.redis_url),
+            block_timeout=s.block_timeout,
+            socket_timeout=s.socket_timeout,
+            max_attempts=s.max_attempts,
+            pid=os.getpid(),
+        )
+        self._task_heartbeat.start()
+        try:
+            while not self.stop_requested.is_set():
+                self._turn_once()
+            self._shutdown()
+        finally:
+            self._task_heartbeat.stop()
+            if self._drain_timer:
+                self._drain_timer.cancel()
+        self.log.info("consumer.stopped", exit_code=exitcodes.OK)
+        return exitcodes.OK
+
+    def _turn_once(self) -> None:
+        self.progress.mark()
+        metrics.LAST_PROGRESS.set_to_current_time()
+        try:
+            if not self._started:
+                self._startup()
+            self._maintain()
+            claimed = self._claim()
+        except Exception as exc:
+            self._redis_failed(exc, interruptible=True)
+            return
+        self._redis_ok()
+        if claimed is not None:
+            self._process(*claimed)
+
+    def _startup(self) -> None:
+        for queue in self.queues:
+            recovered = queue.return_own(self.settings.max_attempts, count_attempt=True)
+            if recovered.returned or recovered.doomed:
+                self.log.warning(
+                    "recovery.own_tasks",
+                    queue=queue.keys.queue,
+                    returned=recovered.returned,
+                    dead_lettered=len(recovered.doomed),
+                    note="held when this worker last stopped; counted as a failed attempt",
+                )
+                metrics.TASKS_RECOVERED.labels(queue=queue.keys.queue).inc(
+                    recovered.returned + len(recovered.doomed)
+                )
+            self._dead_letter_doomed(queue, recovered.doomed, self.worker)
+            queue.heartbeat(self.settings.heartbeat_ttl)
+        self._started = True
+
+    def _due(self, name: str, every: float) -> bool:
+        now = self.clock()
+        if now >= self._next.get(name, 0.0):
+            self._next[name] = now + every
+            return True
+        return False
+
+    def _maintain(self) -> None:
+        s = self.settings
+        if self._due("heartbeat", min(HEARTBEAT_EVERY, s.heartbeat_ttl / 3)):
+            for queue in self.queues:
+                queue.heartbeat(s.heartbeat_ttl)
+        if self._due("promote", PROMOTE_EVERY):
+            for queue in self.queues:
+                queue.promote_due()
+        if self._due("recover", s.recovery_interval):
+            self._recover_dead_peers()
+            self._reconcile("periodic")
+        if self._reconcile_due is not None and self.clock() >= self._reconcile_due:
+            self._reconcile_due = None
+            self._reconcile("after_reconnect")
+
+    def _claim(self) -> tuple[ReliableQueue, bytes] | None:
+        timeout = self.settings.block_timeout
+        if len(self.queues) == 1:
+            body = self.queues[0].claim(timeout)
+            return (self.queues[0], body) if body is not None else None
+        for queue in self.queues:  # priority: the order given
+            body = queue.try_claim()
+            if body is not None:
+                return queue, body
+        queue = self.queues[self._turn % len(self.queues)]
+        self._turn += 1
+        body = queue.claim(max(0.1, timeout / len(self.queues)))
+        return (queue, body) if body is not None else None
+
+    # -- one task ---------------------------------------------------------------------------
+    def _process(self, queue: ReliableQueue, body: bytes) -> None:
+        name = queue.keys.queue
+        task_id = digest(body)[:12]
+        metrics.TASKS_CLAIMED.labels(queue=name).inc()
+        structlog.contextvars.bind_contextvars(queue=name, task=task_id)
+        self.progress.task_started(f"{name}:{task_id}")
+        self._task_heartbeat.busy.set()
+        metrics.TASKS_IN_PROGRESS.labels(queue=name).inc()
+        started = time.perf_counter()
+        error: str | None = None
+        try:
+            self.handler(body)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            self.log.debug("task.handler_error", exc_info=True)
+        finally:
+            duration = time.perf_counter() - started
+            self._task_heartbeat.busy.clear()
+            metrics.TASKS_IN_PROGRESS.labels(queue=name).dec()
+            metrics.TASK_DURATION.labels(queue=name).observe(duration)
+        try:
+            if error is None:
+                self._succeeded(queue, body, duration)
+            else:
+                self._failed(queue, body, error, duration)
+        except _GiveUp:
+            self.log.warning("task.unsettled", note="left in the processing list; recovered later")
+        finally:
+            self.progress.task_finished()
+            structlog.contextvars.unbind_contextvars("queue", "task")
+
+    def _succeeded(self, queue: ReliableQueue, body: bytes, duration: float) -> None:
+        name = queue.keys.queue
+        acked, previous_failures = self._call(lambda: queue.ack(body))
+        metrics.TASKS_ACKED.labels(queue=name).inc()
+        metrics.LAST_SUCCESS.labels(queue=name).set_to_current_time()
+        fields = {"attempt": previous_failures + 1, "duration": round(duration, 6)}
+        if acked:
+            self.log.info("task.done", **fields)
+        else:
+            self.log.warning(
+                "task.done_but_recovered",
+                note="a peer recovered this task while it ran (heartbeat lost?); it may run twice",
+                **fields,
+            )
+
+    def _failed(self, queue: ReliableQueue, body: bytes, error: str, duration: float) -> None:
+        name = queue.keys.queue
+        metrics.TASKS_FAILED.labels(queue=name).inc()
+        attempts = self._call(lambda: queue.count_failure(body))
+        fields = {"attempt": attempts, "error": error, "duration": round(duration, 6)}
+        if attempts >= self.settings.max_attempts:
+            entry = dead_letter_entry(body, error, attempts, self.worker, time.time())
+            moved = self._call(lambda: queue.dead_letter(body, entry))
+            metrics.TASKS_DEAD_LETTERED.labels(queue=name).inc()
+            self.log.error("task.dead_lettered", moved=moved, **fields)
+        else:
+            delay = retry_delay(self.retry_policy, attempts)
+            moved = self._call(lambda: queue.retry_later(body, delay))
+            metrics.TASKS_RETRIED.labels(queue=name).inc()
+            self.log.warning("task.failed", retry_in=round(delay, 3), moved=moved, **fields)
+
+    # -- recovery ---------------------------------------------------------------------------
+    def _recover_dead_peers(self) -> None:
+        for queue in self.queues:
+            for worker in queue.dead_workers():
+                recovered = queue.recover_worker(worker, self.settings.max_attempts)
+                if recovered.skipped:
+                    continue
+                total = recovered.returned + len(recovered.doomed)
+                if total:
+                    metrics.TASKS_RECOVERED.labels(queue=queue.keys.queue).inc(total)
+                self.log.warning(
+                    "recovery.dead_worker",
+                    queue=queue.keys.queue,
+                    dead_worker=worker,
+                    returned=recovered.returned,
+                    dead_lettered=len(recovered.doomed),
+                )
+                self._dead_letter_doomed(queue, recovered.doomed, worker)
+
+    def _dead_letter_doomed(self, queue: ReliableQueue, doomed: list[bytes], holder: str) -> None:
+        """Tasks whose holder died once too often: each a failed attempt, now the last."""
+        for body in doomed:
+            entry = dead_letter_entry(
+                body,
+                f"worker {holder} stopped while handling the task "
+                "(killed, crashed or hung past --task-timeout)",
+                self.settings.max_attempts,
+                holder,
+                time.time(),
+            )
+            queue.dead_letter(body, entry)
+            metrics.TASKS_DEAD_LETTERED.labels(queue=queue.keys.queue).inc()
+            self.log.error(
+                "task.dead_lettered",
+                queue=queue.keys.queue,
+                task=digest(body)[:12],
+                attempt=self.settings.max_attempts,
+                error="its worker died while handling it",
+            )
+
+    def _reconcile(self, why: str) -> None:
+        """Return claims whose reply never reached us (between tasks our lists are empty)."""
+        for queue in self.queues:
+            recovered = queue.return_own(self.settings.max_attempts, count_attempt=False)
+            if recovered.returned:
+                self.log.warning(
+                    "claim.reply_lost",
+                    queue=queue.keys.queue,
+                    returned=recovered.returned,
+                    why=why,
+                    note="task moved to our processing list but the reply was lost; returned",
+                )
+
+    # -- Redis errors -----------------------------------------------------------------------
+    def _call(self, operation: Callable[[], T]) -> T:
+        """Run a Redis operation that must happen (ack, retry, dead-letter) until it does.
+
+        A stop does not interrupt it; the drain timer bounds the whole stop instead.
+        """
+        while True:
+            try:
+                result = operation()
+            except Exception as exc:
+                self._redis_failed(exc, interruptible=False)
+                continue
+            self._redis_ok()
+            return result
+
+    def _redis_ok(self) -> None:
+        if self.link.succeeded():
+            metrics.REDIS_RECONNECTS.inc()
+            self._kill_orphan_claims()
+            # A claim blocked on the dead connection may still move a task in later (the
+            # server only gives up on it after the block timeout): look again then too.
+            self._reconcile_due = self.clock() + self.settings.socket_timeout
+            if self._started:
+                try:
+                    self._reconcile("after_reconnect")
+                except Exception as exc:
+                    self._redis_failed(exc, interruptible=True)
+
+    def _redis_failed(self, exc: Exception, interruptible: bool) -> None:
+        if not is_transient(exc):
+            if isinstance(exc, redis.RedisError):
+                raise RedisFatalError(fatal_reason(exc, self.settings.redis_url)) from exc
+            raise exc
+        metrics.REDIS_ERRORS.labels(kind=type(exc).__name__).inc()
+        delay = self.link.failed(exc)
+        self.log.debug("redis.retry", error=str(exc), delay=round(delay, 3))
+        self.progress.mark()
+        (self.stop_requested if interruptible else self._never).wait(delay)
+
+    def _kill_orphan_claims(self) -> None:
+        """Close our own claim connections the server still thinks are alive (half-open)."""
+        try:
+            me = self.client.client_id()
+            name = f"taskd-claim:{self.worker}"
+            for info in self.client.client_list():
+                if info.get("name") == name and int(info.get("id", me)) != me:
+                    self.client.client_kill_filter(_id=str(info["id"]))
+                    self.log.info("redis.orphan_connection_closed", client_id=info["id"])
+        except redis.RedisError as exc:  # NOPERM under a strict ACL: the reconcile still works
+            self.log.debug("redis.orphan_check_skipped", error=str(exc))
+
+    def _shutdown(self) -> None:
+        """Leave nothing behind: return unseen claims, then say goodbye."""
+        try:
+            self._reconcile("shutdown")
+            for queue in self.queues:
+                queue.forget_self()
+        except redis.RedisError as exc:
+            self.log.warning(
+                "consumer.shutdown_incomplete",
+                error=str(exc),
+                note="heartbeat expires by itself; a peer or the next start recovers the rest",
+            )
+
+
+class _TaskHeartbeat(threading.Thread):
+    """Keeps the worker's heartbeat alive while a long handler runs (own connection)."""
+
+    def __init__(self, queues: list[ReliableQueue], ttl: float) -> None:
+        super().__init__(name="taskd-task-heartbeat", daemon=True)
+        self.queues = queues
+        self.ttl = ttl
+        self.busy = threading.Event()
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.ttl / 3):
+            if not self.busy.is_set():
+                continue
+            for queue in self.queues:
+                # the main loop reports an outage; a missed beat only risks a duplicate
+                with contextlib.suppress(redis.RedisError):
+                    queue.heartbeat(self.ttl)

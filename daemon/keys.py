@@ -1,0 +1,57 @@
+"""Every Redis key name taskd uses, in one place (see docs/design: "Redis keys for queue Q").
+
+A queue name with a hash tag (``{orders}``) keeps all of its keys in one Redis Cluster slot,
+because every key below starts with the queue name itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_QUEUE = "task:prodcons:queue"
+DEFAULT_CHANNEL = "task:pubsub:channel"
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    """The key layout of one queue ``Q``."""
+
+    queue: str
+
+    @property
+    def pending(self) -> str:
+        """List of pending tasks: producers LPUSH, consumers take from the right (FIFO)."""
+        return self.queue
+
+    def processing(self, worker: str) -> str:
+        """List of tasks `worker` has claimed and not yet acked."""
+        return f"{self.queue}:processing:{worker}"
+
+    @property
+    def processing_prefix(self) -> str:
+        """Prefix of every processing list, for scanning them."""
+        return f"{self.queue}:processing:"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set of workers known for the queue, scored by last heartbeat time."""
+        return f"{self.queue}:workers"
+
+    def alive(self, worker: str) -> str:
+        """A worker's heartbeat key (string with TTL); gone means the worker is dead."""
+        return f"{self.queue}:alive:{worker}"
+
+    @property
+    def attempts(self) -> str:
+        """Hash of failed-attempt counts of tasks in flight, by task digest."""
+        return f"{self.queue}:attempts"
+
+    @property
+    def delayed(self) -> str:
+        """Sorted set of tasks waiting for their retry time (score = due time)."""
+        return f"{self.queue}:delayed"
+
+    @property
+    def dead(self) -> str:
+        """List of dead letters (JSON documents)."""
+        return f"{self.queue}:dead"

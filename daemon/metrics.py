@@ -1,0 +1,64 @@
+"""Prometheus metrics of a taskd process: declared once here, updated by the loops.
+
+Names are a contract (dashboards, alerts and the runbook use them): see the design's table.
+No task or worker ids as labels: the scrape target identifies the process.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from daemon import __version__
+
+_QUEUE = ["queue"]
+
+TASKS_CLAIMED = Counter("taskd_tasks_claimed", "Tasks claimed from a queue", _QUEUE)
+TASKS_ACKED = Counter("taskd_tasks_acked", "Tasks handled successfully and acked", _QUEUE)
+TASKS_FAILED = Counter("taskd_tasks_failed", "Handler failures (each failed attempt)", _QUEUE)
+TASKS_RETRIED = Counter("taskd_tasks_retried", "Failed tasks scheduled for a retry", _QUEUE)
+TASKS_DEAD_LETTERED = Counter(
+    "taskd_tasks_dead_lettered", "Tasks moved to the dead letters", _QUEUE
+)
+TASKS_RECOVERED = Counter(
+    "taskd_tasks_recovered", "Tasks taken back from a dead or restarted worker", _QUEUE
+)
+TASK_DURATION = Histogram(
+    "taskd_task_duration_seconds",
+    "Handler run time",
+    _QUEUE,
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
+)
+TASKS_IN_PROGRESS = Gauge("taskd_tasks_in_progress", "Tasks being handled now", _QUEUE)
+LAST_PROGRESS = Gauge(
+    "taskd_last_progress_timestamp_seconds", "Unix time the loop last made progress"
+)
+LAST_SUCCESS = Gauge(
+    "taskd_last_success_timestamp_seconds", "Unix time of the last acked task", _QUEUE
+)
+REDIS_CONNECTED = Gauge("taskd_redis_connected", "1 while Redis answers, else 0")
+REDIS_RECONNECTS = Counter("taskd_redis_reconnects", "Outages of Redis that ended")
+REDIS_ERRORS = Counter("taskd_redis_errors", "Failed Redis calls", ["kind"])
+BUILD_INFO = Info("taskd_build", "taskd build information")
+BUILD_INFO.info({"version": __version__})
+
+
+def preexport(queues: tuple[str, ...]) -> None:
+    """Create every labelled series at zero, so rate() works from the first scrape."""
+    for queue in queues:
+        for counter in (
+            TASKS_CLAIMED,
+            TASKS_ACKED,
+            TASKS_FAILED,
+            TASKS_RETRIED,
+            TASKS_DEAD_LETTERED,
+            TASKS_RECOVERED,
+        ):
+            counter.labels(queue=queue)
+        TASK_DURATION.labels(queue=queue)
+        TASKS_IN_PROGRESS.labels(queue=queue).set(0)
+        LAST_SUCCESS.labels(queue=queue)
+
+
+def registry() -> CollectorRegistry:
+    """The registry served on /metrics (the default one, with process collectors)."""
+    return REGISTRY

@@ -1,0 +1,282 @@
+"""The reliable-queue operations on Redis: claim, ack, retry, dead-letter, recover.
+
+Every operation that moves a task between two keys is one atomic step (a Lua script or a
+MULTI transaction), so a crash between two commands can never leave a task in no key at all.
+The task body is stored exactly as the producer pushed it; the attempt counter of a task is
+kept under the SHA-1 of its body (two tasks with identical bodies share one counter).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from daemon.keys import QueueKeys
+
+TOKEN_BYTES = 8  # random prefix of a delayed member, so identical bodies never collapse
+TOKEN_CHARS = TOKEN_BYTES * 2
+
+# Moves every task of a processing list back to the front of the pending list (in claim
+# order), or, when its attempts reach the maximum, into the `holder` processing list, from
+# where the caller dead-letters it. With ARGV[2] == '1' it does nothing while the owner's
+# heartbeat key exists, and forgets the owner once its list is empty: several recoverers on
+# several hosts may race for the same dead worker safely.
+_RECOVER = """
+-- KEYS: source, pending, attempts, holder, alive, workers
+-- ARGV: max_attempts, only_if_dead, count_attempt, worker
+if ARGV[2] == '1' and redis.call('EXISTS', KEYS[5]) == 1 then return {-1, {}} end
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+local returned, doomed = 0, {}
+for _, body in ipairs(items) do
+  local n = 0
+  if ARGV[3] == '1' then
+    n = redis.call('HINCRBY', KEYS[3], redis.sha1hex(body), 1)
+  end
+  if n >= tonumber(ARGV[1]) then
+    redis.call('LPUSH', KEYS[4], body)
+    table.insert(doomed, body)
+  else
+    redis.call('RPUSH', KEYS[2], body)
+    returned = returned + 1
+  end
+end
+if ARGV[2] == '1' then redis.call('ZREM', KEYS[6], ARGV[4]) end
+return {returned, doomed}
+"""
+
+# Schedules a retry: the task leaves the processing list and enters the delayed set, due at
+# server time + delay (server time, so consumers on hosts with skewed clocks agree).
+_RETRY = """
+-- KEYS: processing, delayed   ARGV: body, delay, token
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3] .. ARGV[1])
+return 1
+"""
+
+_DEAD_LETTER = """
+-- KEYS: processing, dead, attempts   ARGV: body, entry, digest
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[3])
+return 1
+"""
+
+_PROMOTE = """
+-- KEYS: delayed, pending   ARGV: limit, token_chars
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, member in ipairs(due) do
+  redis.call('ZREM', KEYS[1], member)
+  redis.call('RPUSH', KEYS[2], string.sub(member, tonumber(ARGV[2]) + 1))
+end
+return #due
+"""
+
+_REQUEUE_DEAD = """
+-- KEYS: dead, pending   ARGV: entry, body
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+return 1
+"""
+
+
+def digest(body: bytes) -> str:
+    """The attempt-counter field of a task (matches Lua's redis.sha1hex)."""
+    return hashlib.sha1(body).hexdigest()  # noqa: S324 - an identifier, not security
+
+
+def dead_letter_entry(
+    body: bytes, error: str, attempts: int, worker: str, failed_at: float
+) -> bytes:
+    """The JSON document stored in ``Q:dead``; the body is base64 when it is not UTF-8."""
+    try:
+        text, encoding = body.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(body).decode("ascii"), "base64"
+    doc = {
+        "body": text,
+        "body_encoding": encoding,
+        "error": error,
+        "attempts": attempts,
+        "worker": worker,
+        "failed_at": failed_at,
+    }
+    return json.dumps(doc, ensure_ascii=False).encode("utf-8")
+
+
+def parse_dead_letter(entry: bytes) -> dict[str, Any]:
+    """Decode a dead letter for display; never raises on foreign or damaged entries."""
+    try:
+        doc = json.loads(entry)
+        if not isinstance(doc, dict):
+            raise ValueError("not an object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        return {"body": None, "error": f"unreadable dead letter ({exc})", "raw": entry[:200].hex()}
+    return doc
+
+
+def dead_letter_body(doc: dict[str, Any]) -> bytes | None:
+    """The original task body of a decoded dead letter, or None when it cannot be rebuilt."""
+    body = doc.get("body")
+    if not isinstance(body, str):
+        return None
+    if doc.get("body_encoding") == "base64":
+        try:
+            return base64.b64decode(body, validate=True)
+        except ValueError:
+            return None
+    return body.encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """Outcome of a recovery: tasks returned to pending, tasks now due for the dead letters."""
+
+    returned: int
+    doomed: list[bytes]
+    skipped: bool = False  # the owner turned out to be alive
+
+
+class ReliableQueue:
+    """Reliable operations on one queue, for one worker, over one Redis client."""
+
+    def __init__(self, client: redis.Redis, queue: str, worker: str) -> None:
+        # redis-py's annotations are narrower than what it accepts (bytes values, float
+        # timeouts), so the client is used untyped here.
+        self.client: Any = client
+        self.keys = QueueKeys(queue)
+        self.worker = worker
+        self.processing = self.keys.processing(worker)
+        self._recover = client.register_script(_RECOVER)
+        self._retry = client.register_script(_RETRY)
+        self._dead = client.register_script(_DEAD_LETTER)
+        self._promote = client.register_script(_PROMOTE)
+        self._requeue_dead = client.register_script(_REQUEUE_DEAD)
+
+    # -- claiming ---------------------------------------------------------------------------
+    def claim(self, timeout: float) -> bytes | None:
+        """Block up to `timeout` seconds for a task, moving it into this worker's list."""
+        return self.client.blmove(self.keys.pending, self.processing, timeout, "RIGHT", "LEFT")
+
+    def try_claim(self) -> bytes | None:
+        """Claim without blocking (for serving several queues in priority order)."""
+        return self.client.lmove(self.keys.pending, self.processing, "RIGHT", "LEFT")
+
+    # -- outcomes ---------------------------------------------------------------------------
+    def ack(self, body: bytes) -> tuple[bool, int]:
+        """Remove a finished task and its attempt counter, atomically.
+
+        Returns (still ours, failed attempts before this success); "not ours" means a peer
+        recovered the task while it ran.
+        """
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hget(self.keys.attempts, digest(body))
+        pipe.lrem(self.processing, 1, body)
+        pipe.hdel(self.keys.attempts, digest(body))
+        failures, removed, _ = pipe.execute()
+        return bool(removed), int(failures or 0)
+
+    def count_failure(self, body: bytes) -> int:
+        """Count one failed attempt; returns the attempts so far."""
+        return int(self.client.hincrby(self.keys.attempts, digest(body), 1))
+
+    def retry_later(self, body: bytes, delay: float) -> bool:
+        """Move the task from the processing list to the delayed set, due in `delay` s."""
+        token = os.urandom(TOKEN_BYTES).hex()
+        return bool(
+            self._retry(keys=[self.processing, self.keys.delayed], args=[body, delay, token])
+        )
+
+    def dead_letter(self, body: bytes, entry: bytes) -> bool:
+        """Move the task from the processing list to the dead letters."""
+        keys = [self.processing, self.keys.dead, self.keys.attempts]
+        return bool(self._dead(keys=keys, args=[body, entry, digest(body)]))
+
+    def promote_due(self, limit: int = 100) -> int:
+        """Move delayed tasks whose time has come back to the front of the pending list."""
+        return int(
+            self._promote(keys=[self.keys.delayed, self.keys.pending], args=[limit, TOKEN_CHARS])
+        )
+
+    # -- liveness and recovery --------------------------------------------------------------
+    def heartbeat(self, ttl: float) -> None:
+        """Say this worker is alive for `ttl` seconds."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.keys.alive(self.worker), "1", px=max(1, int(ttl * 1000)))
+        pipe.zadd(self.keys.workers, {self.worker: time.time()})
+        pipe.execute()
+
+    def forget_self(self) -> None:
+        """On a clean stop: drop the heartbeat so peers and `status` see the worker gone."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.keys.alive(self.worker))
+        pipe.zrem(self.keys.workers, self.worker)
+        pipe.execute()
+
+    def held(self) -> list[bytes]:
+        """What this worker's processing list holds (normally nothing between tasks)."""
+        return self.client.lrange(self.processing, 0, -1)
+
+    def return_own(self, max_attempts: int, count_attempt: bool) -> Recovered:
+        """Return this worker's own processing list to pending.
+
+        At start (`count_attempt=True`) what is there was held when the previous process died,
+        so it counts as a failed attempt: a task that kills its worker ends in the dead letters.
+        After a lost claim reply (`count_attempt=False`) the task was never seen: no attempt.
+        """
+        return self._run_recover(self.worker, max_attempts, only_if_dead=False, count=count_attempt)
+
+    def recover_worker(self, worker: str, max_attempts: int) -> Recovered:
+        """Recover the processing list of `worker` if its heartbeat is gone (atomic)."""
+        return self._run_recover(worker, max_attempts, only_if_dead=True, count=True)
+
+    def _run_recover(
+        self, worker: str, max_attempts: int, only_if_dead: bool, count: bool
+    ) -> Recovered:
+        keys = [
+            self.keys.processing(worker),
+            self.keys.pending,
+            self.keys.attempts,
+            self.processing,
+            self.keys.alive(worker),
+            self.keys.workers,
+        ]
+        args = [max_attempts, "1" if only_if_dead else "0", "1" if count else "0", worker]
+        returned, doomed = self._recover(keys=keys, args=args)
+        if returned == -1:
+            return Recovered(0, [], skipped=True)
+        return Recovered(int(returned), list(doomed))
+
+    def known_workers(self) -> list[str]:
+        """Workers registered for this queue (alive or not yet recovered)."""
+        return [
+            w.decode() if isinstance(w, bytes) else w
+            for w in self.client.zrange(self.keys.workers, 0, -1)
+        ]
+
+    def dead_workers(self) -> list[str]:
+        """Known workers other than this one whose heartbeat key is gone."""
+        others = [w for w in self.known_workers() if w != self.worker]
+        if not others:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for worker in others:
+            pipe.exists(self.keys.alive(worker))
+        return [w for w, alive in zip(others, pipe.execute(), strict=True) if not alive]
+
+    def requeue_dead(self, entry: bytes, body: bytes) -> bool:
+        """Move one dead letter back to the pending list as its original body."""
+        return bool(
+            self._requeue_dead(keys=[self.keys.dead, self.keys.pending], args=[entry, body])
+        )

@@ -1,0 +1,252 @@
+"""Test harness: real redis-server processes on free loopback ports, real taskd subprocesses.
+
+Never port 6379, never fakeredis: every server a test talks to is started (and stopped) here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (never 6379)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port != 6379:
+            return int(port)
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, message: str = "", interval: float = 0.05
+) -> Any:
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - keep polling, report the last error
+            last_error = exc
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_error!r})" if last_error else ""
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}{detail}")
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A redis-server child process on a free loopback port, in its own temp dir."""
+
+    def __init__(self, workdir: Path, port: int | None = None, *extra: str) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.extra = list(extra)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, *extra: str) -> RedisServer:
+        args = [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            str(self.workdir / "redis.log"),
+            *self.extra,
+            *extra,
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        wait_until(lambda: client.ping(), 10, f"redis-server on port {self.port}")
+        client.close()
+        return self
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        kwargs.setdefault("socket_timeout", 5)
+        kwargs.setdefault("socket_connect_timeout", 5)
+        return redis.Redis(port=self.port, **kwargs)
+
+    def stop(self) -> None:
+        """Stop cleanly (SIGTERM), waiting with a deadline."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def kill9(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh, empty redis-server for one test."""
+    server = RedisServer(tmp_path / "redis-data")
+    server.workdir.mkdir()
+    server.start()
+    yield server
+    server.stop()
+
+
+class Daemon:
+    """A `taskd` subprocess, as a user would start it; its JSON log lines are kept in a file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.args = args
+        self.log_path = log_path
+        self._log_file = open(log_path, "ab")  # noqa: SIM115 - closed in wait()/stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon", *args],
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(ROOT),
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def lines(self) -> list[dict[str, Any]]:
+        """Every JSON log line so far (non-JSON lines come back as {"raw": ...})."""
+        out = []
+        for raw in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(raw))
+            except ValueError:
+                out.append({"raw": raw})
+        return out
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines() if line.get("event") == name]
+
+    def wait_for_event(self, name: str, timeout: float, count: int = 1) -> list[dict[str, Any]]:
+        return wait_until(
+            lambda: (found := self.events(name)) and len(found) >= count and found,
+            timeout,
+            f"log event {name!r} x{count} from taskd pid {self.pid}",
+        )
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signum)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is not None:
+                self._log_file.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self._log_file.close()
+
+
+class DaemonFactory:
+    """Starts taskd subprocesses for one test and kills what is left at its end."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.started: list[Daemon] = []
+        self.record = tmp / "record.log"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
+        env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT)])
+        env["TASKD_TEST_RECORD"] = str(self.record)
+        env["TASKD_LOG_FORMAT"] = "json"
+        env.update(extra)
+        return env
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> Daemon:
+        log_path = self.tmp / f"taskd-{len(self.started)}.log"
+        daemon = Daemon(list(args), env or self.env(), log_path)
+        self.started.append(daemon)
+        return daemon
+
+    def consume(self, redis_url: str, *args: str, **env: str) -> Daemon:
+        """`taskd consume` with test-friendly short timeouts unless overridden."""
+        defaults = {
+            "--block-timeout": "0.5",
+            "--retry-base": "0.05",
+            "--retry-cap": "0.2",
+            "--backoff-cap": "0.5",
+            "--backoff-base": "0.05",
+        }
+        given = {a for a in args if a.startswith("--")}
+        extra = [x for k, v in defaults.items() if k not in given for x in (k, v)]
+        return self.start("consume", "--redis-url", redis_url, *extra, *args, env=self.env(**env))
+
+    def run(
+        self, *args: str, input: bytes | None = None, timeout: float = 30
+    ) -> subprocess.CompletedProcess[bytes]:  # noqa: A002
+        """A one-shot CLI command (enqueue, status, ...)."""
+        return subprocess.run(
+            [sys.executable, "-m", "daemon", *args],
+            input=input,
+            capture_output=True,
+            env=self.env(),
+            cwd=str(ROOT),
+            timeout=timeout,
+        )
+
+    def records(self) -> list[tuple[str, str, str]]:
+        """(pid, phase, body) lines written by tests/handlers_for_tests.py."""
+        if not self.record.exists():
+            return []
+        out = []
+        for line in self.record.read_text().splitlines():
+            pid, phase, body = line.split(" ", 2)
+            out.append((pid, phase, body))
+        return out
+
+    def done_bodies(self) -> list[str]:
+        return [body for _, phase, body in self.records() if phase == "done"]
+
+    def cleanup(self) -> None:
+        for daemon in self.started:
+            daemon.stop()
+
+
+@pytest.fixture
+def taskd(tmp_path: Path) -> Iterator[DaemonFactory]:
+    """Start taskd processes; all are killed at the end of the test."""
+    factory = DaemonFactory(tmp_path)
+    yield factory
+    factory.cleanup()
