@@ -40,7 +40,7 @@ class Settings:
     worker_id: str = ""
     block_timeout: float = 5.0
     socket_timeout: float = 0.0  # 0 = block timeout + SOCKET_MARGIN
-    connect_timeout: float = 5.0
+    connect_timeout: float = 2.0
     health_check_interval: float = 15.0
     keepalive_idle: int = 10
     keepalive_interval: int = 5

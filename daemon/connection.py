@@ -59,7 +59,7 @@ def fatal_reason(exc: BaseException, url: str) -> str:
     text = str(exc).strip() or type(exc).__name__
     lowered = text.lower()
     if isinstance(exc, redis.AuthenticationError) or "wrongpass" in lowered or "noauth" in lowered:
-        hint = "expected a valid username/password in the URL or --redis-password-file"
+        hint = "expected a valid username/password in the redis URL"
     elif "unknown command" in lowered:
         hint = "expected Redis 6.2 or newer (taskd needs BLMOVE)"
     elif "db index" in lowered:
@@ -88,6 +88,22 @@ def keepalive_options(settings: Settings) -> dict[int, int]:
     return options
 
 
+def handshake_with_deadline(timeout: float) -> Callable[[Any], None]:
+    """The connection set-up (AUTH, SELECT, CLIENT SETNAME) under the connect deadline.
+
+    redis-py would run it under the socket timeout (block timeout + margin); on a flow that
+    is black-holed from its first byte that would delay every reconnect attempt that long.
+    """
+
+    def connect(connection: Any) -> None:
+        connection._sock.settimeout(timeout)
+        connection.on_connect()
+        if connection._sock is not None:
+            connection._sock.settimeout(connection.socket_timeout)
+
+    return connect
+
+
 def client_kwargs(settings: Settings, client_name: str | None = None) -> dict[str, Any]:
     """Keyword arguments shared by every client taskd makes (deadlines, no silent retry)."""
     target = redis_url.parse(settings.redis_url)
@@ -103,6 +119,7 @@ def client_kwargs(settings: Settings, client_name: str | None = None) -> dict[st
         "retry": Retry(NoBackoff(), 0),
         "retry_on_timeout": False,
         "client_name": client_name,
+        "redis_connect_func": handshake_with_deadline(settings.connect_timeout),
     }
     if target.tls:
         kwargs.update({"ssl": True, "ssl_cert_reqs": "required"})

@@ -80,9 +80,10 @@ class Consumer:
         self.stop_requested = threading.Event()
         self._never = threading.Event()  # waits that a stop must not cut short
         self._started = False
-        self._reconcile_due: float | None = None
+        self._reconcile_at: list[float] = []  # when to look for lost claim replies
         self._next: dict[str, float] = {}
         self._turn = 0
+        self._attempt_started = clock()
         self._drain_timer: threading.Timer | None = None
         self._task_heartbeat = _TaskHeartbeat(
             [ReliableQueue(self.aux_client, q, self.worker) for q in settings.queues],
@@ -141,6 +142,7 @@ class Consumer:
         return exitcodes.OK
 
     def _turn_once(self) -> None:
+        self._attempt_started = self.clock()
         self.progress.mark()
         metrics.LAST_PROGRESS.set_to_current_time()
         try:
@@ -191,8 +193,9 @@ class Consumer:
         if self._due("recover", s.recovery_interval):
             self._recover_dead_peers()
             self._reconcile("periodic")
-        if self._reconcile_due is not None and self.clock() >= self._reconcile_due:
-            self._reconcile_due = None
+        now = self.clock()
+        if any(t <= now for t in self._reconcile_at):
+            self._reconcile_at = [t for t in self._reconcile_at if t > now]
             self._reconcile("after_reconnect")
 
     def _claim(self) -> tuple[ReliableQueue, bytes] | None:
@@ -332,6 +335,7 @@ class Consumer:
         A stop does not interrupt it; the drain timer bounds the whole stop instead.
         """
         while True:
+            self._attempt_started = self.clock()
             try:
                 result = operation()
             except Exception as exc:
@@ -344,14 +348,11 @@ class Consumer:
         if self.link.succeeded():
             metrics.REDIS_RECONNECTS.inc()
             self._kill_orphan_claims()
-            # A claim blocked on the dead connection may still move a task in later (the
-            # server only gives up on it after the block timeout): look again then too.
-            self._reconcile_due = self.clock() + self.settings.socket_timeout
-            if self._started:
-                try:
-                    self._reconcile("after_reconnect")
-                except Exception as exc:
-                    self._redis_failed(exc, interruptible=True)
+            # Look for claims whose reply was lost at the start of the next turn (when we
+            # hold nothing), and once more after a block timeout: a claim still blocked on
+            # the dead connection may move a task in until the server gives up on it.
+            now = self.clock()
+            self._reconcile_at += [now, now + self.settings.socket_timeout]
 
     def _redis_failed(self, exc: Exception, interruptible: bool) -> None:
         if not is_transient(exc):
@@ -359,7 +360,10 @@ class Consumer:
                 raise RedisFatalError(fatal_reason(exc, self.settings.redis_url)) from exc
             raise exc
         metrics.REDIS_ERRORS.labels(kind=type(exc).__name__).inc()
-        delay = self.link.failed(exc)
+        # Backoff runs from the start of the failed attempt: an attempt that hung until its
+        # deadline has already waited, so "Redis is back" is noticed within the backoff cap.
+        spent = self.clock() - self._attempt_started
+        delay = max(0.0, self.link.failed(exc) - spent)
         self.log.debug("redis.retry", error=str(exc), delay=round(delay, 3))
         self.progress.mark()
         (self.stop_requested if interruptible else self._never).wait(delay)

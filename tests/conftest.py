@@ -66,7 +66,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, *extra: str) -> RedisServer:
+    def start(self, *extra: str, wait: bool = True) -> RedisServer:
         args = [
             shutil.which("redis-server") or "redis-server",
             "--port",
@@ -81,10 +81,14 @@ class RedisServer:
             "no",
             "--logfile",
             str(self.workdir / "redis.log"),
+            "--enable-debug-command",
+            "yes",
             *self.extra,
             *extra,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait:
+            return self
         client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
         wait_until(lambda: client.ping(), 10, f"redis-server on port {self.port}")
         client.close()

@@ -39,3 +39,10 @@ def record(body: bytes) -> None:
 def record_fast(body: bytes) -> None:
     """Only the 'done' line: for many-task tests."""
     _write("done", body)
+
+
+def slow_fail(body: bytes) -> None:
+    """Record, sleep the seconds in ``<seconds>:name``, then fail."""
+    _write("start", body)
+    time.sleep(float(body.decode().split(":")[0]))
+    raise RuntimeError(f"failed after sleeping: {body!r}")
