@@ -70,6 +70,8 @@ def _add_setting(parser: argparse.ArgumentParser, name: str, help_text: str = ""
     text = f"{help_text or spec.expected} (env {env_name(name)}; default {shown!s})"
     if spec.kind == "list":
         parser.add_argument(flag_name(name), dest=name, action="append", help=text)
+    elif spec.kind == "bool":
+        parser.add_argument(flag_name(name), dest=name, action="store_const", const=True, help=text)
     else:
         parser.add_argument(
             flag_name(name), dest=name, help=text, metavar=name.upper().split("_")[-1]
@@ -95,7 +97,29 @@ HELPS = {
     "recovery_interval": "seconds between looks for dead peers' tasks (0 = 2 x block timeout)",
     "metrics_port": "port of /metrics, /healthz, /readyz (0 = none)",
     "heartbeat_file": "file the watchdog thread rewrites every second (for taskd watchdog)",
+    "connect_timeout": "seconds for TCP connect and the connection handshake",
+    "channels": "channel to subscribe to; repeat for several",
+    "patterns": "channel pattern to subscribe to (PSUBSCRIBE); repeat for several",
+    "ping_interval": "seconds between PINGs while subscribed; silent for twice that = dead",
+    "durable": "publish: also push onto the channel's durable list; subscribe: consume that "
+    "list reliably instead of the channel (nothing published while down is lost)",
+    "web_bind": "HOST:PORT of the web app",
 }
+SUBSCRIBE_FIELDS = (
+    "channels",
+    "patterns",
+    "handler",
+    "worker_id",
+    "ping_interval",
+    "durable",
+    "stall_timeout",
+    "task_timeout",
+    "drain_timeout",
+    "max_attempts",
+    "metrics_port",
+    "metrics_host",
+    "heartbeat_file",
+)
 
 
 def _connection_args(parser: argparse.ArgumentParser) -> None:
@@ -139,9 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("bodies", nargs="+", metavar="BODY", help="task bodies, or - for stdin")
     enqueue.set_defaults(run=cmd_enqueue)
 
+    subscribe = verbs.add_parser(
+        "subscribe",
+        help="handle messages published on channels (pub/sub; at-most-once unless --durable)",
+        description="Subscribe to channels and patterns with a PING deadline, reconnect and "
+        "re-subscribe after any fault, and count the seconds spent unsubscribed.",
+        epilog=HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _connection_args(subscribe)
+    for name in SUBSCRIBE_FIELDS:
+        _add_setting(subscribe, name, HELPS.get(name, ""))
+    subscribe.set_defaults(run=cmd_subscribe)
+
     publish = verbs.add_parser("publish", help="publish messages on a channel")
     _connection_args(publish)
     _add_setting(publish, "channels", "channel to publish on")
+    _add_setting(publish, "durable", HELPS["durable"])
     publish.add_argument("bodies", nargs="+", metavar="BODY", help="messages, or - for stdin")
     publish.set_defaults(run=cmd_publish)
 
@@ -159,6 +197,52 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting(dead, "queues", "queue whose dead letters to act on")
     dead.add_argument("--limit", type=int, default=100, help="how many to list (default 100)")
     dead.set_defaults(run=cmd_dead)
+
+    watchdog = verbs.add_parser(
+        "watchdog",
+        help="supervisord event listener: restart taskd processes whose heartbeat went stale",
+        description="Run as [eventlistener:watchdog] with events=TICK_5. Speaks the event "
+        "listener protocol on stdin/stdout and logs to stderr only.",
+    )
+    watchdog.add_argument(
+        "--grace",
+        type=float,
+        default=15.0,
+        help="seconds beyond a process's "
+        "stall timeout before its stale heartbeat triggers a restart (default 15)",
+    )
+    watchdog.add_argument(
+        "--group",
+        action="append",
+        help="supervisord group(s) to watch (default: every process with a heartbeat file)",
+    )
+    watchdog.add_argument(
+        "--heartbeat-dir",
+        default="",
+        help="folder of heartbeat files "
+        "named <process name>.json (default: $TASKD_HEARTBEAT_DIR or var/run)",
+    )
+    watchdog.add_argument(
+        "--max-restarts",
+        type=int,
+        default=3,
+        help="restarts per process "
+        "within --restart-window before the watchdog only reports (default 3)",
+    )
+    watchdog.add_argument(
+        "--restart-window",
+        type=float,
+        default=600.0,
+        help="seconds of the restart rate limit window (default 600)",
+    )
+    watchdog.set_defaults(run=cmd_watchdog)
+
+    web = verbs.add_parser("web", help="serve the web producer (Flask app under gunicorn)")
+    _connection_args(web)
+    _add_setting(web, "web_bind", HELPS["web_bind"])
+    _add_setting(web, "queues", "queue that /prodcons pushes onto")
+    _add_setting(web, "channels", "channel that /pubsub publishes on")
+    web.set_defaults(run=cmd_web)
     return parser
 
 
@@ -211,6 +295,37 @@ def cmd_consume(args: argparse.Namespace) -> int:
         watchdog.stop()
 
 
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    """Run the pub/sub subscriber until SIGTERM/SIGINT."""
+    from daemon import handlers, subscriber
+
+    settings = _settings(args)
+    if not settings.handler:
+        raise ConfigError(
+            "--handler is missing: expected module:function (env TASKD_HANDLER), "
+            "e.g. --handler daemon.handlers:log"
+        )
+    handler = handlers.load(settings.handler)
+    _setup_logging(settings)
+    return subscriber.run(settings, handler)
+
+
+def cmd_watchdog(args: argparse.Namespace) -> int:
+    """The supervisord event listener (see daemon/watchdog.py)."""
+    from daemon import watchdog
+
+    return watchdog.main(args)
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    """Serve the web producer under gunicorn."""
+    from daemon import web
+
+    settings = _settings(args)
+    _setup_logging(settings)
+    return web.serve(settings)
+
+
 def _bodies(raw: Sequence[str]) -> list[str]:
     if list(raw) == ["-"]:
         return [line.rstrip("\n") for line in sys.stdin if line.rstrip("\n")]
@@ -242,7 +357,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     channel = settings.channels[0]
     client = _client(settings)
     bodies = _bodies(args.bodies)
-    receivers = [publish(client, channel, body) for body in bodies]
+    receivers = [publish(client, channel, body, durable=settings.durable) for body in bodies]
     print(f"published {len(bodies)} message(s) on {channel}")
     if bodies and not any(receivers):
         print("warning: no subscriber was listening; pub/sub keeps nothing", file=sys.stderr)

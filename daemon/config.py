@@ -55,6 +55,9 @@ class Settings:
     stall_timeout: float = 60.0
     task_timeout: float = 300.0
     drain_timeout: float = 30.0
+    ping_interval: float = 5.0  # pub/sub: PING this often; silent for 2 x this = dead
+    durable: bool = False  # publish/subscribe: also use the durable list of each channel
+    web_bind: str = "127.0.0.1:8000"
     metrics_port: int = 0  # 0 = no metrics server
     metrics_host: str = "127.0.0.1"
     heartbeat_file: str = ""
@@ -80,7 +83,7 @@ class Settings:
 
 @dataclass(frozen=True)
 class _Spec:
-    kind: str  # "float" (> 0), "float0" (>= 0), "int" (> 0), "int0" (>= 0), "str", "list"
+    kind: str  # "float" (> 0), "float0" (>= 0), "int" (> 0), "int0" (>= 0), "str", "list", "bool"
     expected: str
 
 
@@ -108,6 +111,9 @@ SPECS: dict[str, _Spec] = {
     "stall_timeout": _Spec("float", "seconds larger than block timeout + socket timeout margin"),
     "task_timeout": _Spec("float", "seconds > 0"),
     "drain_timeout": _Spec("float", "seconds > 0"),
+    "ping_interval": _Spec("float", "seconds > 0"),
+    "durable": _Spec("bool", "true or false"),
+    "web_bind": _Spec("str", "HOST:PORT to serve the web app on"),
     "metrics_port": _Spec("int0", "a TCP port 1-65535, or 0 for none"),
     "metrics_host": _Spec("str", "an address to bind, e.g. 127.0.0.1"),
     "heartbeat_file": _Spec("str", "a file path"),
@@ -121,7 +127,7 @@ LOG_FORMATS = ("auto", "json", "console")
 
 def flag_name(field_name: str) -> str:
     """`block_timeout` -> `--block-timeout` (list settings use the singular: `--queue`)."""
-    singular = {"queues": "queue", "channels": "channel", "patterns": "pattern"}
+    singular = {"queues": "queue", "channels": "channel", "patterns": "pattern", "web_bind": "bind"}
     return "--" + singular.get(field_name, field_name).replace("_", "-")
 
 
@@ -141,6 +147,15 @@ def _convert(name: str, raw: Any, source: str) -> Any:
         if name == "queues" and not values:
             raise ConfigError(f"{where}: expected {spec.expected}")
         return values
+    if spec.kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected {spec.expected}")
     if spec.kind == "str":
         if not isinstance(raw, str):
             raise ConfigError(f"{where}: expected {spec.expected}")
@@ -256,6 +271,9 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"--handler={s.handler!r}: expected {SPECS['handler'].expected}")
     if any(c.isspace() for c in s.worker_id):
         raise ConfigError(f"--worker-id={s.worker_id!r}: expected {SPECS['worker_id'].expected}")
+    host, sep, port = s.web_bind.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--web-bind={s.web_bind!r}: expected HOST:PORT, e.g. 127.0.0.1:8000")
     for queue in s.queues:
         if any(c.isspace() for c in queue):
             raise ConfigError(f"--queue={queue!r}: expected a queue name without spaces")

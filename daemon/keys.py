@@ -12,6 +12,11 @@ DEFAULT_QUEUE = "task:prodcons:queue"
 DEFAULT_CHANNEL = "task:pubsub:channel"
 
 
+def durable_queue(channel: str) -> str:
+    """The list that `publish --durable` also pushes each message of `channel` onto."""
+    return f"{channel}:durable"
+
+
 @dataclass(frozen=True)
 class QueueKeys:
     """The key layout of one queue ``Q``."""

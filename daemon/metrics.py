@@ -62,3 +62,28 @@ def preexport(queues: tuple[str, ...]) -> None:
 def registry() -> CollectorRegistry:
     """The registry served on /metrics (the default one, with process collectors)."""
     return REGISTRY
+
+_CHANNEL = ["channel"]
+PUBSUB_MESSAGES = Counter("taskd_pubsub_messages", "Pub/sub messages received", _CHANNEL)
+PUBSUB_FAILURES = Counter(
+    "taskd_pubsub_failures", "Pub/sub messages whose handler raised", _CHANNEL
+)
+PUBSUB_UNSUBSCRIBED_SECONDS = Counter(
+    "taskd_pubsub_unsubscribed_seconds",
+    "Seconds spent not subscribed (messages published then were lost)",
+    _CHANNEL,
+)
+
+WEB_REQUESTS = Counter("taskd_web_requests", "Web requests", ["route", "status"])
+WEB_ENQUEUE_SECONDS = Histogram(
+    "taskd_web_enqueue_seconds",
+    "Time to push one task or message to Redis from the web app",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+def preexport_channels(channels: tuple[str, ...]) -> None:
+    """Create the pub/sub series at zero for each channel or pattern."""
+    for channel in channels:
+        for counter in (PUBSUB_MESSAGES, PUBSUB_FAILURES, PUBSUB_UNSUBSCRIBED_SECONDS):
+            counter.labels(channel=channel)

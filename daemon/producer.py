@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from daemon.keys import QueueKeys
+from daemon.keys import QueueKeys, durable_queue
 
 BATCH = 1000
 
@@ -47,6 +47,15 @@ def enqueue_many(client: Any, queue: str, bodies: Iterable[bytes | str]) -> int:
     return pushed
 
 
-def publish(client: Any, channel: str, body: bytes | str) -> int:
-    """Publish one message; returns how many subscribers received it (0: it is gone)."""
-    return int(client.publish(channel, _as_bytes(body)))
+def publish(client: Any, channel: str, body: bytes | str, durable: bool = False) -> int:
+    """Publish one message; returns how many subscribers received it (0: it is gone).
+
+    With `durable`, the message is also pushed onto the channel's durable list (one atomic
+    MULTI), where `taskd subscribe --durable` consumes it reliably.
+    """
+    if not durable:
+        return int(client.publish(channel, _as_bytes(body)))
+    pipe = client.pipeline(transaction=True)
+    pipe.lpush(durable_queue(channel), _as_bytes(body))
+    pipe.publish(channel, _as_bytes(body))
+    return int(pipe.execute()[1])
