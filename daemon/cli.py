@@ -63,6 +63,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(exitcodes.CONFIG, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds > 0") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds > 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
+    return int(text)
+
+
 def _add_setting(parser: argparse.ArgumentParser, name: str, help_text: str = "") -> None:
     spec = SPECS[name]
     default = getattr(Settings(), name)
@@ -206,10 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watchdog.add_argument(
         "--grace",
-        type=float,
-        default=15.0,
-        help="seconds beyond a process's "
-        "stall timeout before its stale heartbeat triggers a restart (default 15)",
+        type=_positive,
+        default=5.0,
+        help="seconds beyond a process's stall timeout before its stale heartbeat triggers a "
+        "restart (default 5; TICK_5 adds up to 5 s more)",
     )
     watchdog.add_argument(
         "--group",
@@ -219,21 +235,33 @@ def build_parser() -> argparse.ArgumentParser:
     watchdog.add_argument(
         "--heartbeat-dir",
         default="",
-        help="folder of heartbeat files "
-        "named <process name>.json (default: $TASKD_HEARTBEAT_DIR or var/run)",
+        help="folder of heartbeat files named <process name>.json (default var/run)",
     )
     watchdog.add_argument(
         "--max-restarts",
-        type=int,
+        type=_positive_int,
         default=3,
         help="restarts per process "
         "within --restart-window before the watchdog only reports (default 3)",
     )
     watchdog.add_argument(
         "--restart-window",
-        type=float,
+        type=_positive,
         default=600.0,
         help="seconds of the restart rate limit window (default 600)",
+    )
+    watchdog.add_argument(
+        "--startup-timeout",
+        type=_positive,
+        default=120.0,
+        help="seconds a process of a --group may run without ever writing a heartbeat file "
+        "before it is restarted (default 120)",
+    )
+    watchdog.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="port of the listener's own /metrics (taskd_watchdog_restarts_total; 0 = none)",
     )
     watchdog.set_defaults(run=cmd_watchdog)
 

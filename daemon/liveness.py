@@ -145,6 +145,8 @@ class StallWatchdog(threading.Thread):
         self.stopped.set()
 
     def run(self) -> None:
+        if self.heartbeat_file:  # at once: the outside watchdog must never see a gap
+            self._write_heartbeat(self.progress.snapshot())
         while not self.stopped.wait(self.interval):
             snap = self.progress.snapshot()
             if self.heartbeat_file:

@@ -1,0 +1,228 @@
+"""`taskd watchdog`: a supervisord event listener that restarts frozen taskd processes.
+
+The in-process watchdog thread cannot help a process that is frozen as a whole (SIGSTOP,
+a C extension holding the GIL, a machine-level stall): its heartbeat file stops changing.
+On every TICK_5 this listener gathers each RUNNING process's state over XML-RPC and its
+heartbeat file, decides in a pure function (`decide`), and acts through XML-RPC: SIGABRT
+(faulthandler dumps the stacks) and SIGCONT, then SIGKILL if needed, then start again.
+
+Protocol (supervisor's childutils): READY, a header line, a payload, ``RESULT 2\\nOK``.
+stdout carries only that protocol; every log line goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+from supervisor import childutils
+
+from daemon.liveness import read_heartbeat_file
+
+RPC_DEADLINE = 10.0  # seconds any XML-RPC call to supervisord may take
+EXIT_WAIT = 3.0  # seconds to wait for a signalled process to go
+
+REGISTRY = CollectorRegistry()
+RESTARTS = Counter(
+    "taskd_watchdog_restarts", "Processes restarted by the watchdog", ["process"], registry=REGISTRY
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do about one process, and why."""
+
+    restart: bool
+    reason: str
+    heartbeat_age: float | None = None
+
+
+def decide(
+    info: dict[str, Any],
+    heartbeat: dict[str, Any] | None,
+    now: float,
+    grace: float,
+    startup_timeout: float | None = None,
+) -> Verdict:
+    """Pure decision for one supervisord process (getProcessInfo dict) and its heartbeat.
+
+    A process without a heartbeat file is left alone, unless `startup_timeout` is given (its
+    group is watched explicitly) and it has run that long without ever writing one.
+    """
+    if info.get("statename") != "RUNNING":
+        return Verdict(False, f"not running ({info.get('statename')})")
+    if heartbeat is None:
+        age = now - float(info.get("start", now))
+        if startup_timeout is not None and age > startup_timeout:
+            return Verdict(True, f"no heartbeat file after {age:.0f} s", age)
+        return Verdict(False, "no heartbeat file (not a taskd process, or not started yet)")
+    stall = float(heartbeat.get("stall_timeout", 60.0))
+    limit = stall + grace
+    written = float(heartbeat.get("time", 0.0))
+    if heartbeat.get("pid") != info.get("pid"):
+        # the file is from an earlier incarnation: judge the new one by its age
+        started = float(info.get("start", now))
+        age = now - started
+        if age > limit:
+            return Verdict(True, f"no heartbeat from pid {info.get('pid')} in {age:.0f} s", age)
+        return Verdict(False, "starting", age)
+    age = now - written
+    if age > limit:
+        return Verdict(
+            True, f"heartbeat {age:.0f} s old, past stall timeout + grace {limit:g} s", age
+        )
+    return Verdict(False, "fresh", age)
+
+
+@dataclass
+class RateLimit:
+    """At most `limit` restarts of one process within `window` seconds."""
+
+    limit: int
+    window: float
+    history: dict[str, deque[float]] = field(default_factory=dict)
+
+    def allow(self, name: str, now: float) -> bool:
+        times = self.history.setdefault(name, deque())
+        while times and now - times[0] > self.window:
+            times.popleft()
+        if len(times) >= self.limit:
+            return False
+        times.append(now)
+        return True
+
+
+class Watchdog:
+    """Gathers state, decides, acts. `rpc` is supervisord's XML-RPC `supervisor` namespace."""
+
+    def __init__(self, args: argparse.Namespace, rpc_factory: Any, log: Any) -> None:
+        self.grace = args.grace
+        self.startup_timeout = args.startup_timeout
+        self.groups = set(args.group or [])
+        self.heartbeat_dir = Path(args.heartbeat_dir or "var/run")
+        self.limits = RateLimit(args.max_restarts, args.restart_window)
+        self.rpc_factory = rpc_factory
+        self.log = log
+
+    def check(self) -> None:
+        """One round: every RUNNING process of the watched groups against its heartbeat."""
+        rpc = self.rpc_factory()
+        now = time.time()
+        for info in rpc.supervisor.getAllProcessInfo():
+            if self.groups and info.get("group") not in self.groups:
+                continue
+            path = self.heartbeat_dir / f"{info['name']}.json"
+            heartbeat = read_heartbeat_file(str(path))
+            startup = self.startup_timeout if self.groups else None
+            verdict = decide(info, heartbeat, now, self.grace, startup)
+            if verdict.restart:
+                self._restart(rpc, info, verdict, now)
+
+    def _restart(self, rpc: Any, info: dict[str, Any], verdict: Verdict, now: float) -> None:
+        full = f"{info['group']}:{info['name']}"
+        fields = {
+            "process": full,
+            "pid": info.get("pid"),
+            "heartbeat_age": None
+            if verdict.heartbeat_age is None
+            else round(verdict.heartbeat_age, 1),
+            "reason": verdict.reason,
+        }
+        if not self.limits.allow(full, now):
+            self.log.error(
+                "watchdog.restart_suppressed", note="restart rate limit reached", **fields
+            )
+            return
+        self.log.warning("watchdog.restart", **fields)
+        RESTARTS.labels(process=full).inc()
+        pid = info.get("pid")
+        for signame in ("ABRT", "CONT"):  # dump stacks (faulthandler); wake it if stopped
+            self._quietly(rpc.supervisor.signalProcess, full, signame)
+        if not self._gone(rpc, full, pid):
+            self._quietly(rpc.supervisor.signalProcess, full, "KILL")
+            self._gone(rpc, full, pid)
+        state = self._quietly(rpc.supervisor.getProcessInfo, full) or {}
+        if state.get("statename") not in ("RUNNING", "STARTING"):
+            self._quietly(rpc.supervisor.startProcess, full, False)
+        self.log.info("watchdog.restarted", process=full, old_pid=pid)
+
+    def _gone(self, rpc: Any, full: str, pid: int | None) -> bool:
+        deadline = time.monotonic() + EXIT_WAIT
+        while time.monotonic() < deadline:
+            state = self._quietly(rpc.supervisor.getProcessInfo, full) or {}
+            if state.get("pid") != pid or state.get("statename") != "RUNNING":
+                return True
+            time.sleep(0.1)
+        return False
+
+    def _quietly(self, call: Any, *args: Any) -> Any:
+        try:
+            return call(*args)
+        except Exception as exc:  # noqa: BLE001 - a fault (e.g. ALREADY_STARTED) is news only
+            self.log.info(
+                "watchdog.rpc_note", call=getattr(call, "_Method__name", "?"), error=str(exc)
+            )
+            return None
+
+
+def serve_events(stdin: IO[str], stdout: IO[str], on_tick: Any, log: Any) -> int:
+    """The event-listener loop; returns 0 when supervisord closes stdin."""
+    while True:
+        childutils.listener.ready(stdout)
+        line = stdin.readline()
+        if not line:
+            log.info("watchdog.stdin_closed")
+            return 0
+        try:
+            headers = childutils.get_headers(line)
+            length = int(headers["len"])
+            if length < 0:
+                raise ValueError("negative len")
+        except (ValueError, KeyError) as exc:
+            log.warning("watchdog.malformed_header", line=line[:200], error=str(exc))
+            childutils.listener.fail(stdout)
+            continue
+        payload = stdin.read(length)
+        if len(payload) < length:
+            log.warning("watchdog.truncated_event", expected=length, got=len(payload))
+            return 0
+        if headers.get("eventname", "").startswith("TICK"):
+            try:
+                on_tick()
+            except Exception as exc:  # noqa: BLE001 - the listener must keep answering
+                log.error("watchdog.check_failed", error=f"{type(exc).__name__}: {exc}")
+        childutils.listener.ok(stdout)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry of `taskd watchdog` (args from the CLI parser)."""
+    import os
+
+    from daemon.logs import configure_logging
+
+    configure_logging("info", "json", stream=sys.stderr)
+    socket.setdefaulttimeout(RPC_DEADLINE)  # XML-RPC over the unix socket has no deadline
+    log = structlog.get_logger("taskd.watchdog")
+    if getattr(args, "metrics_port", 0):
+        start_http_server(args.metrics_port, addr="127.0.0.1", registry=REGISTRY)
+    environ = dict(os.environ)
+
+    def rpc_factory() -> Any:
+        return childutils.getRPCInterface(environ)
+
+    watchdog = Watchdog(args, rpc_factory, log)
+    log.info(
+        "watchdog.started",
+        grace=args.grace,
+        groups=sorted(watchdog.groups),
+        heartbeat_dir=str(watchdog.heartbeat_dir),
+    )
+    return serve_events(sys.stdin, sys.stdout, watchdog.check, log)
