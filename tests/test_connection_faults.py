@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import DaemonFactory, RedisServer, free_port, wait_until
 
+from conftest import DaemonFactory, RedisServer, free_port, wait_until
 from daemon.chaos_proxy import ChaosProxy
 
 HANDLER = ("--handler", "handlers_for_tests:record")

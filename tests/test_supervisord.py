@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -76,10 +77,8 @@ def test_sigstopped_consumer_is_restarted_by_the_outside_watchdog(stack: Stack) 
             "the watchdog to restart the stopped consumer",
         )
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(holder_pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     assert time.monotonic() - stopped_at <= STALL + 15
     wait_until(lambda: "slow:2:stuck-task" in stack.done_bodies(), 20, "the stuck task done")
     log = stack.log("watchdog.log")
