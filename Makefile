@@ -1,10 +1,11 @@
-# make run   - set up (venv, packages, redis-server) and run taskd against a local Redis
+# make run   - set up (venv, packages, redis-server) and run the supervisord stack (foreground)
+# make dev   - one consumer against its own local Redis, without supervisord
 # make test  - set up and run the whole test suite (lint, types, tests)
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 3
 
-.PHONY: setup run test lint typecheck unit bench clean
+.PHONY: setup run dev stop status test lint typecheck bench clean
 
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	@scripts/setup.sh
@@ -12,7 +13,16 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 setup: $(VENV)/.installed
 
 run: setup
+	@scripts/run-stack.sh
+
+dev: setup
 	@scripts/run-dev.sh
+
+stop:
+	$(BIN)/supervisorctl -c conf/supervisord.conf shutdown
+
+status:
+	$(BIN)/supervisorctl -c conf/supervisord.conf status
 
 lint: setup
 	$(BIN)/ruff check daemon tests scripts

@@ -6,10 +6,19 @@ No task or worker ids as labels: the scrape target identifies the process.
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 
 from daemon import __version__
 
+disable_created_metrics()  # *_created series double the output and no alert uses them
 _QUEUE = ["queue"]
 
 TASKS_CLAIMED = Counter("taskd_tasks_claimed", "Tasks claimed from a queue", _QUEUE)
