@@ -44,8 +44,11 @@ class QueueDepthCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         from daemon.status import queue_status
 
-        family = GaugeMetricFamily(
+        depth = GaugeMetricFamily(
             "taskd_queue_depth", "Tasks per queue and state", labels=["queue", "state"]
+        )
+        alive = GaugeMetricFamily(
+            "taskd_queue_workers_alive", "Workers with a live heartbeat per queue", labels=["queue"]
         )
         for queue in self.queues:
             try:
@@ -53,8 +56,10 @@ class QueueDepthCollector(Collector):
             except Exception:  # noqa: BLE001 - a scrape must answer even when Redis cannot
                 continue
             for state in ("pending", "processing", "delayed", "dead"):
-                family.add_metric([queue, state], getattr(st, state))
-        yield family
+                depth.add_metric([queue, state], getattr(st, state))
+            alive.add_metric([queue], sum(1 for w in st.workers if w["alive"]))
+        yield depth
+        yield alive
 
 
 def health(progress: Progress, settings: Settings) -> tuple[int, dict[str, Any]]:

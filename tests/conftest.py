@@ -90,7 +90,14 @@ class RedisServer:
         if not wait:
             return self
         client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
-        wait_until(lambda: client.ping(), 10, f"redis-server on port {self.port}")
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except (redis.AuthenticationError, redis.ResponseError):
+                return True  # it answers: a password is required
+
+        wait_until(answers, 10, f"redis-server on port {self.port}")
         client.close()
         return self
 
