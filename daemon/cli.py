@@ -6,6 +6,7 @@ Configuration errors end here with one line on stderr and exit code 78, never a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -19,6 +20,11 @@ from daemon.config import SPECS, ConfigError, Settings, env_name, flag_name
 
 CONNECTION_FIELDS = (
     "redis_url",
+    "redis_password_file",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_insecure",
     "connect_timeout",
     "socket_timeout",
     "block_timeout",
@@ -95,6 +101,12 @@ def _add_setting(parser: argparse.ArgumentParser, name: str, help_text: str = ""
 
 
 HELPS = {
+    "redis_password_file": "file holding the Redis password (or set TASKD_REDIS_PASSWORD); "
+    "keeps it out of ps and configs",
+    "tls_ca_file": "CA certificate (PEM) that signed the server certificate, for rediss://",
+    "tls_cert_file": "client certificate (PEM) for mutual TLS",
+    "tls_key_file": "client key (PEM) for mutual TLS",
+    "tls_insecure": "do NOT verify the server certificate (logged loudly; for tests only)",
     "redis_url": "redis://[user:pass@]host:port/db, rediss://, unix:///path.sock or "
     "redis+sentinel://host:port[,host:port]/master/db",
     "queues": "queue to consume; repeat for several (served in the order given)",
@@ -132,6 +144,10 @@ SUBSCRIBE_FIELDS = (
     "task_timeout",
     "drain_timeout",
     "max_attempts",
+    "retry_base",
+    "retry_cap",
+    "heartbeat_ttl",
+    "recovery_interval",
     "metrics_port",
     "metrics_host",
     "heartbeat_file",
@@ -283,6 +299,14 @@ def _setup_logging(settings: Settings) -> None:
     from daemon.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    if settings.tls_insecure:
+        import structlog
+
+        structlog.get_logger("taskd").warning(
+            "tls.verification_disabled",
+            note="--tls-insecure: the server certificate is NOT verified; anyone on the path "
+            "can read and change tasks. Use --tls-ca-file instead.",
+        )
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
@@ -333,6 +357,9 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
             "--handler is missing: expected module:function (env TASKD_HANDLER), "
             "e.g. --handler daemon.handlers:log"
         )
+    if settings.patterns and args.channels is None and settings.channels == Settings().channels:
+        # `--pattern P` alone means the patterns only, not also the default channel
+        settings = dataclasses.replace(settings, channels=())
     handler = handlers.load(settings.handler)
     _setup_logging(settings)
     return subscriber.run(settings, handler)

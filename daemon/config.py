@@ -14,7 +14,7 @@ import os
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from daemon import redis_url
@@ -33,6 +33,12 @@ class Settings:
     """Everything a taskd process is told; frozen so no loop can change a policy under another."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password_file: str = ""  # the password, kept out of command lines and configs
+    redis_password: str = field(default="", repr=False)  # from the file or TASKD_REDIS_PASSWORD
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_insecure: bool = False  # no certificate verification: logged loudly at start
     queues: tuple[str, ...] = (DEFAULT_QUEUE,)
     channels: tuple[str, ...] = (DEFAULT_CHANNEL,)
     patterns: tuple[str, ...] = ()
@@ -89,6 +95,11 @@ class _Spec:
 
 SPECS: dict[str, _Spec] = {
     "redis_url": _Spec("str", redis_url.EXPECTED),
+    "redis_password_file": _Spec("str", "a readable file holding the Redis password"),
+    "tls_ca_file": _Spec("str", "a PEM file of the CA that signed the server certificate"),
+    "tls_cert_file": _Spec("str", "a PEM client certificate (mutual TLS)"),
+    "tls_key_file": _Spec("str", "the PEM key of the client certificate"),
+    "tls_insecure": _Spec("bool", "true or false"),
     "queues": _Spec("list", "one or more queue names"),
     "channels": _Spec("list", "one or more channel names"),
     "patterns": _Spec("list", "channel patterns such as news.*"),
@@ -224,10 +235,28 @@ def load(
     for name, raw in flags.items():
         if raw is not None and name in SPECS:
             values[name] = _convert(name, raw, flag_name(name))
+    values["redis_password"] = _password(values.get("redis_password_file", ""), env)
     settings = Settings(**values)
     if not settings.worker_id:
         settings = dataclasses.replace(settings, worker_id=default_worker_id(env))
     return settings.with_derived().validate()
+
+
+def _password(path: str, env: Mapping[str, str]) -> str:
+    """The Redis password from --redis-password-file, else TASKD_REDIS_PASSWORD, else none."""
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                secret = handle.read().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"--redis-password-file={path!r}: cannot read ({exc.strerror}); "
+                "expected a readable file holding the password"
+            ) from None
+        if not secret:
+            raise ConfigError(f"--redis-password-file={path!r}: the file is empty")
+        return secret
+    return env.get(ENV_PREFIX + "REDIS_PASSWORD", "")
 
 
 def _validate(s: Settings) -> None:
@@ -235,6 +264,16 @@ def _validate(s: Settings) -> None:
         redis_url.parse(s.redis_url)
     except redis_url.RedisUrlError as exc:
         raise ConfigError(str(exc)) from None
+    for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+        path = getattr(s, name)
+        if path and not os.path.isfile(path):
+            raise ConfigError(
+                f"{flag_name(name)}={path!r}: no such file; expected {SPECS[name].expected}"
+            )
+    if bool(s.tls_cert_file) != bool(s.tls_key_file):
+        raise ConfigError(
+            "--tls-cert-file and --tls-key-file: expected both (mutual TLS) or neither"
+        )
     if s.socket_timeout <= s.block_timeout:
         raise ConfigError(
             f"--socket-timeout={s.socket_timeout:g}: expected more than the block timeout "

@@ -32,6 +32,15 @@ _FATAL_MESSAGES = (
     "wrongtype",
     "noperm",
 )
+# Connection errors that no reconnect can cure: TLS trust and protocol mismatches.
+_FATAL_CONNECT_MESSAGES = (
+    "certificate verify failed",
+    "wrong version number",
+    "unknown ca",
+    "bad certificate",
+    "certificate required",
+    "hostname mismatch",
+)
 # Response errors that mean "the server is changing state, try again soon".
 _TRANSIENT_MESSAGES = ("unblocked", "loading", "masterdown", "tryagain", "clusterdown", "readonly")
 
@@ -45,7 +54,7 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthorizationError):
         return False
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
-        return True
+        return not any(m in str(exc).lower() for m in _FATAL_CONNECT_MESSAGES)
     if isinstance(exc, redis.ReadOnlyError | redis.exceptions.BusyLoadingError):
         return True
     if isinstance(exc, redis.ResponseError):
@@ -61,11 +70,19 @@ def fatal_reason(exc: BaseException, url: str) -> str:
     if isinstance(exc, redis.AuthenticationError) or "wrongpass" in lowered or "noauth" in lowered:
         hint = "expected a valid username/password in the redis URL"
     elif "unknown command" in lowered:
-        hint = "expected Redis 6.2 or newer (taskd needs BLMOVE)"
+        hint = "expected Redis 6.2 or newer (taskd needs BLMOVE and Lua scripting)"
     elif "db index" in lowered:
         hint = "expected a database index the server has (see its `databases` setting)"
     elif "noperm" in lowered or isinstance(exc, redis.exceptions.NoPermissionError):
-        hint = "expected an ACL user allowed the taskd commands and keys (conf/redis-acl.conf)"
+        hint = (
+            "expected an ACL user allowed the taskd commands, keys and channels "
+            "(conf/redis-acl.conf)"
+        )
+    elif any(m in lowered for m in _FATAL_CONNECT_MESSAGES):
+        hint = (
+            "expected a server certificate signed by the CA of --tls-ca-file (and a client "
+            "certificate the server accepts, for mutual TLS)"
+        )
     elif "wrongtype" in lowered:
         hint = "expected the queue keys to be lists/sets of taskd; another program uses that name"
     else:
@@ -110,20 +127,31 @@ def client_kwargs(settings: Settings, client_name: str | None = None) -> dict[st
     kwargs: dict[str, Any] = {
         "db": target.db,
         "username": target.username,
-        "password": target.password,
+        "password": settings.redis_password or target.password,
         "socket_timeout": settings.socket_timeout,
         "socket_connect_timeout": settings.connect_timeout,
         "socket_keepalive": True,
         "socket_keepalive_options": keepalive_options(settings),
         "health_check_interval": settings.health_check_interval,
         "retry": Retry(NoBackoff(), 0),
-        "retry_on_timeout": False,
         "client_name": client_name,
         "redis_connect_func": handshake_with_deadline(settings.connect_timeout),
     }
     if target.tls:
-        kwargs.update({"ssl": True, "ssl_cert_reqs": "required"})
+        kwargs.update(tls_kwargs(settings))
     return kwargs
+
+
+def tls_kwargs(settings: Settings) -> dict[str, Any]:
+    """TLS with certificate and host name verification, unless explicitly turned off."""
+    return {
+        "ssl": True,
+        "ssl_cert_reqs": "none" if settings.tls_insecure else "required",
+        "ssl_check_hostname": not settings.tls_insecure,
+        "ssl_ca_certs": settings.tls_ca_file or None,
+        "ssl_certfile": settings.tls_cert_file or None,
+        "ssl_keyfile": settings.tls_key_file or None,
+    }
 
 
 def make_client(settings: Settings, client_name: str | None = None) -> redis.Redis:
@@ -140,11 +168,11 @@ def make_client(settings: Settings, client_name: str | None = None) -> redis.Red
             "retry": Retry(NoBackoff(), 0),
         }
         if target.tls:
-            sentinel_kwargs["ssl"] = True
+            sentinel_kwargs.update(tls_kwargs(settings))
         sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs)
         return sentinel.master_for(target.master_name, **kwargs)
     if target.scheme == "unix":
-        for tcp_only in ("socket_keepalive", "socket_keepalive_options", "ssl", "ssl_cert_reqs"):
+        for tcp_only in ("socket_keepalive", "socket_keepalive_options"):
             kwargs.pop(tcp_only, None)
         return redis.Redis(unix_socket_path=target.path, **kwargs)
     host, port = target.hosts[0]

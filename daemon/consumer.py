@@ -148,8 +148,8 @@ class Consumer:
         try:
             if not self._started:
                 self._startup()
+                self._redis_ok()  # before blocking in the first claim: /readyz answers at once
             self._maintain()
-            self._redis_ok()  # before blocking in the claim: /readyz answers at once
             claimed = self._claim()
         except Exception as exc:
             self._redis_failed(exc, interruptible=True)
