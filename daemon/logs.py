@@ -23,6 +23,15 @@ def _redact_secrets(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dic
     return event_dict
 
 
+_FIRST = ("timestamp", "level", "event")
+
+
+def _lead_with_essentials(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """timestamp, level and event first: what a person scanning a JSON line looks for."""
+    head = {k: event_dict.pop(k) for k in _FIRST if k in event_dict}
+    return {**head, **event_dict}
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
     """Configure structlog and stdlib logging for the whole process."""
     stream = stream or sys.stdout
@@ -54,11 +63,13 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            _lead_with_essentials,
             renderer,
         ],
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
+    logging.raiseExceptions = False  # a closed stdout must not turn every log line into a traceback
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
