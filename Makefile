@@ -25,7 +25,7 @@ status:
 	$(BIN)/supervisorctl -c conf/supervisord.conf status
 
 lint: setup
-	$(BIN)/ruff check daemon tests scripts
+	$(BIN)/ruff check daemon tests scripts examples
 
 typecheck: setup
 	$(BIN)/mypy

@@ -286,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting(web, "web_bind", HELPS["web_bind"])
     _add_setting(web, "queues", "queue that /prodcons pushes onto")
     _add_setting(web, "channels", "channel that /pubsub publishes on")
+    _add_setting(web, "drain_timeout", "seconds in-flight requests may take after SIGTERM")
+    _add_setting(web, "durable", HELPS["durable"])
     web.set_defaults(run=cmd_web)
     return parser
 

@@ -64,6 +64,7 @@ class Settings:
     ping_interval: float = 5.0  # pub/sub: PING this often; silent for 2 x this = dead
     durable: bool = False  # publish/subscribe: also use the durable list of each channel
     web_bind: str = "127.0.0.1:8000"
+    web_token: str = field(default="", repr=False)  # TASKD_WEB_TOKEN: bearer token of /api/*
     metrics_port: int = 0  # 0 = no metrics server
     metrics_host: str = "127.0.0.1"
     heartbeat_file: str = ""
@@ -236,6 +237,7 @@ def load(
         if raw is not None and name in SPECS:
             values[name] = _convert(name, raw, flag_name(name))
     values["redis_password"] = _password(values.get("redis_password_file", ""), env)
+    values["web_token"] = env.get(ENV_PREFIX + "WEB_TOKEN", "")
     settings = Settings(**values)
     if not settings.worker_id:
         settings = dataclasses.replace(settings, worker_id=default_worker_id(env))
@@ -312,7 +314,7 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"--worker-id={s.worker_id!r}: expected {SPECS['worker_id'].expected}")
     host, sep, port = s.web_bind.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--web-bind={s.web_bind!r}: expected HOST:PORT, e.g. 127.0.0.1:8000")
+        raise ConfigError(f"--bind={s.web_bind!r}: expected HOST:PORT, e.g. 127.0.0.1:8000")
     for queue in s.queues:
         if any(c.isspace() for c in queue):
             raise ConfigError(f"--queue={queue!r}: expected a queue name without spaces")

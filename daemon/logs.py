@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -26,7 +27,9 @@ def _redact_secrets(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dic
 _FIRST = ("timestamp", "level", "event")
 
 
-def _lead_with_essentials(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _lead_with_essentials(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> dict[str, Any]:
     """timestamp, level and event first: what a person scanning a JSON line looks for."""
     head = {k: event_dict.pop(k) for k in _FIRST if k in event_dict}
     return {**head, **event_dict}

@@ -349,3 +349,27 @@ def test_untrusted_dead_letters_and_bodies_never_crash_anything(
     entry = json.loads(client.lindex("json-only:dead", 0))
     assert entry["body_encoding"] == "base64" and "sleep handler expects" in entry["error"]
     assert picky.proc.poll() is None
+
+
+def test_web_api_requires_the_bearer_token_when_one_is_set(redis_server: RedisServer) -> None:
+    import dataclasses
+
+    from daemon.config import load
+    from daemon.web import create_app
+
+    settings = load({"redis_url": redis_server.url}, env={"TASKD_WEB_TOKEN": "t0ken-abc"})
+    assert "t0ken-abc" not in repr(settings)
+    app = create_app(settings)
+    web = app.test_client()
+    task = {"queue": settings.queues[0], "body": "x"}
+    assert web.post("/api/tasks", json=task).status_code == 401
+    wrong = web.post("/api/tasks", json=task, headers={"Authorization": "Bearer t0ken-abd"})
+    assert wrong.status_code == 401 and wrong.get_json()["error"]
+    assert wrong.headers["WWW-Authenticate"].startswith("Bearer")
+    assert web.get("/api/queues").status_code == 401
+    good = {"Authorization": "Bearer t0ken-abc"}
+    assert web.post("/api/tasks", json=task, headers=good).status_code == 202
+    assert web.get("/api/queues", headers=good).status_code == 200
+    assert redis_server.client().llen(settings.queues[0]) == 1
+    open_app = create_app(dataclasses.replace(settings, web_token="")).test_client()
+    assert open_app.post("/api/tasks", json=task).status_code == 202  # no token set: open
