@@ -12,6 +12,7 @@ import contextlib
 import os
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -38,10 +39,7 @@ T = TypeVar("T")
 
 HEARTBEAT_EVERY = 1.0  # seconds between heartbeats of a busy worker
 PROMOTE_EVERY = 1.0  # seconds between moves of due retries back to pending
-
-
-class _GiveUp(Exception):
-    """Stop retrying a Redis call: the process is stopping."""
+MAX_TRACEBACK = 4000  # characters of a handler's traceback kept in its failure log line
 
 
 def retry_delay(policy: AbstractBackoff, attempts: int) -> float:
@@ -224,25 +222,26 @@ class Consumer:
         metrics.TASKS_IN_PROGRESS.labels(queue=name).inc()
         started = time.perf_counter()
         error: str | None = None
+        trace = ""
         try:
             self.handler(body)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
-            self.log.debug("task.handler_error", exc_info=True)
+            trace = traceback.format_exc()[-MAX_TRACEBACK:]
         finally:
             duration = time.perf_counter() - started
             self._task_heartbeat.busy.clear()
+            # The handler is done: from here the task timeout no longer applies, so a long
+            # Redis outage while settling is waited out (progress is marked per retry).
+            self.progress.task_finished()
             metrics.TASKS_IN_PROGRESS.labels(queue=name).dec()
             metrics.TASK_DURATION.labels(queue=name).observe(duration)
         try:
             if error is None:
                 self._succeeded(queue, body, duration)
             else:
-                self._failed(queue, body, error, duration)
-        except _GiveUp:
-            self.log.warning("task.unsettled", note="left in the processing list; recovered later")
+                self._failed(queue, body, error, duration, trace)
         finally:
-            self.progress.task_finished()
             structlog.contextvars.unbind_contextvars("queue", "task")
 
     def _succeeded(self, queue: ReliableQueue, body: bytes, duration: float) -> None:
@@ -260,11 +259,18 @@ class Consumer:
                 **fields,
             )
 
-    def _failed(self, queue: ReliableQueue, body: bytes, error: str, duration: float) -> None:
+    def _failed(
+        self, queue: ReliableQueue, body: bytes, error: str, duration: float, trace: str
+    ) -> None:
         name = queue.keys.queue
         metrics.TASKS_FAILED.labels(queue=name).inc()
         attempts = self._call(lambda: queue.count_failure(body))
-        fields = {"attempt": attempts, "error": error, "duration": round(duration, 6)}
+        fields = {
+            "attempt": attempts,
+            "error": error,
+            "duration": round(duration, 6),
+            "traceback": trace,
+        }
         if attempts >= self.settings.max_attempts:
             entry = dead_letter_entry(body, error, attempts, self.worker, time.time())
             moved = self._call(lambda: queue.dead_letter(body, entry))

@@ -414,3 +414,23 @@ def test_sentinel_failover_consumer_follows_the_new_master(
             p.wait(5)
         master.stop()
         replica.stop()
+
+
+def test_outage_longer_than_the_task_timeout_while_acking_is_waited_out(
+    aof_server: RedisServer, taskd: DaemonFactory
+) -> None:
+    """The handler finished; Redis is gone for longer than --task-timeout: no exit 70."""
+    aof_server.client().lpush(Q, "slow:1:finished-before-outage")
+    daemon = taskd.consume(
+        aof_server.url, "--queue", Q, *HANDLER, *FAST, "--worker-id", "w1", "--task-timeout", "2"
+    )
+    wait_until(lambda: taskd.records(), 10, "the handler to start")
+    aof_server.stop()
+    wait_until(lambda: taskd.done_bodies(), 5, "the handler to finish")
+    time.sleep(4)  # longer than the task timeout, Redis still down
+    assert daemon.proc.poll() is None, "the stall watchdog must not fire while settling"
+    aof_server.start()
+    client = aof_server.client()
+    wait_until(lambda: client.llen(f"{Q}:processing:w1") == 0, CAP + 2 + 2, "the ack")
+    assert taskd.done_bodies() == ["slow:1:finished-before-outage"]
+    assert not daemon.events("watchdog.stall")
