@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -315,7 +314,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     """Run the consumer until SIGTERM/SIGINT."""
     from daemon import handlers
     from daemon.consumer import Consumer
-    from daemon.liveness import StallWatchdog
+    from daemon.lifecycle import supervise
 
     settings = _settings(args)
     if not settings.handler:
@@ -329,24 +328,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
     log = structlog.get_logger("taskd")
     consumer = Consumer(settings, handler)
-    if settings.metrics_port:
-        from daemon.http import serve_metrics
-
-        serve_metrics(settings, consumer.progress, consumer.link, log)
-    watchdog = StallWatchdog(
-        consumer.progress,
-        settings.stall_timeout,
-        settings.task_timeout,
-        log.bind(worker=settings.worker_id),
-        heartbeat_file=settings.heartbeat_file,
-    )
-    watchdog.start()
-    signal.signal(signal.SIGTERM, consumer.request_stop)
-    signal.signal(signal.SIGINT, consumer.request_stop)
-    try:
-        return consumer.run()
-    finally:
-        watchdog.stop()
+    return supervise(settings, consumer.progress, consumer.link, consumer.stop, consumer.run, log)
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:

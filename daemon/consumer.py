@@ -31,6 +31,7 @@ from daemon.connection import (
     make_client,
 )
 from daemon.handlers import Handler
+from daemon.lifecycle import GracefulStop
 from daemon.liveness import Progress
 from daemon.redis_url import redact
 from daemon.reliable import ReliableQueue, dead_letter_entry, digest
@@ -75,44 +76,31 @@ class Consumer:
         self.retry_policy = ExponentialBackoff(cap=settings.retry_cap, base=settings.retry_base)
         self.progress = progress or Progress(clock)
         self.clock = clock
-        self.stop_requested = threading.Event()
+        self.stop = GracefulStop(
+            "consumer",
+            settings.drain_timeout,
+            self.log,
+            self.progress,
+            "task left in the processing list; it will be recovered",
+        )
+        self.stop_requested = self.stop.requested
         self._never = threading.Event()  # waits that a stop must not cut short
         self._started = False
         self._reconcile_at: list[float] = []  # when to look for lost claim replies
         self._next: dict[str, float] = {}
         self._turn = 0
         self._attempt_started = clock()
-        self._drain_timer: threading.Timer | None = None
         self._task_heartbeat = _TaskHeartbeat(
             [ReliableQueue(self.aux_client, q, self.worker) for q in settings.queues],
             settings.heartbeat_ttl,
         )
         metrics.preexport(settings.queues)
+        self._metrics = {q: metrics.QueueMetrics(q) for q in settings.queues}
+        self._next_task: tuple[ReliableQueue, bytes] | None = None  # claimed with the last ack
 
-    # -- control ----------------------------------------------------------------------------
     def request_stop(self, signum: int = 15, _frame: Any = None) -> None:
         """First signal: stop claiming and drain. Second signal: exit at once."""
-        if self.stop_requested.is_set():
-            self.log.warning(
-                "consumer.forced_exit",
-                signal=signum,
-                note="task left in the processing list; it will be recovered",
-            )
-            os._exit(128 + signum)
-        self.log.info("consumer.stopping", signal=signum, drain_timeout=self.settings.drain_timeout)
-        self.stop_requested.set()
-        self._drain_timer = threading.Timer(self.settings.drain_timeout, self._drain_expired)
-        self._drain_timer.daemon = True
-        self._drain_timer.start()
-
-    def _drain_expired(self) -> None:
-        self.log.error(
-            "consumer.drain_timeout",
-            drain_timeout=self.settings.drain_timeout,
-            note="task left in the processing list; it will be recovered",
-            **self.progress.snapshot().as_dict(),
-        )
-        os._exit(exitcodes.DRAIN_TIMEOUT)
+        self.stop.request(signum, _frame)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -134,8 +122,7 @@ class Consumer:
             self._shutdown()
         finally:
             self._task_heartbeat.stop()
-            if self._drain_timer:
-                self._drain_timer.cancel()
+            self.stop.finished()
         self.log.info("consumer.stopped", exit_code=exitcodes.OK)
         return exitcodes.OK
 
@@ -148,7 +135,8 @@ class Consumer:
                 self._startup()
                 self._redis_ok()  # before blocking in the first claim: /readyz answers at once
             self._maintain()
-            claimed = self._claim()
+            claimed = self._next_task or self._claim()
+            self._next_task = None
         except Exception as exc:
             self._redis_failed(exc, interruptible=True)
             return
@@ -167,7 +155,7 @@ class Consumer:
                     dead_lettered=len(recovered.doomed),
                     note="held when this worker last stopped; counted as a failed attempt",
                 )
-                metrics.TASKS_RECOVERED.labels(queue=queue.keys.queue).inc(
+                self._metrics[queue.keys.queue].recovered.inc(
                     recovered.returned + len(recovered.doomed)
                 )
             self._dead_letter_doomed(queue, recovered.doomed, self.worker)
@@ -191,10 +179,12 @@ class Consumer:
                 queue.promote_due()
         if self._due("recover", s.recovery_interval):
             self._recover_dead_peers()
+            self._next_task = None  # it is in our processing list: returned to the queue front
             self._reconcile("periodic")
         now = self.clock()
         if any(t <= now for t in self._reconcile_at):
             self._reconcile_at = [t for t in self._reconcile_at if t > now]
+            self._next_task = None
             self._reconcile("after_reconnect")
 
     def _claim(self) -> tuple[ReliableQueue, bytes] | None:
@@ -214,12 +204,13 @@ class Consumer:
     # -- one task ---------------------------------------------------------------------------
     def _process(self, queue: ReliableQueue, body: bytes) -> None:
         name = queue.keys.queue
+        m = self._metrics[name]
         task_id = digest(body)[:12]
-        metrics.TASKS_CLAIMED.labels(queue=name).inc()
+        m.claimed.inc()
         structlog.contextvars.bind_contextvars(queue=name, task=task_id)
         self.progress.task_started(f"{name}:{task_id}")
         self._task_heartbeat.busy.set()
-        metrics.TASKS_IN_PROGRESS.labels(queue=name).inc()
+        m.in_progress.inc()
         started = time.perf_counter()
         error: str | None = None
         trace = ""
@@ -234,8 +225,8 @@ class Consumer:
             # The handler is done: from here the task timeout no longer applies, so a long
             # Redis outage while settling is waited out (progress is marked per retry).
             self.progress.task_finished()
-            metrics.TASKS_IN_PROGRESS.labels(queue=name).dec()
-            metrics.TASK_DURATION.labels(queue=name).observe(duration)
+            m.in_progress.dec()
+            m.duration.observe(duration)
         try:
             if error is None:
                 self._succeeded(queue, body, duration)
@@ -245,12 +236,34 @@ class Consumer:
             structlog.contextvars.unbind_contextvars("queue", "task")
 
     def _succeeded(self, queue: ReliableQueue, body: bytes, duration: float) -> None:
-        name = queue.keys.queue
-        acked, previous_failures = self._call(lambda: queue.ack(body))
-        metrics.TASKS_ACKED.labels(queue=name).inc()
-        metrics.LAST_SUCCESS.labels(queue=name).set_to_current_time()
+        m = self._metrics[queue.keys.queue]
+        tries = 0
+
+        def ack_alone() -> tuple[bool, int]:
+            nonlocal tries
+            tries += 1
+            return queue.ack(body)
+
+        outcome: tuple[bool, int] | None = None
+        if queue is self.queues[0] and not self.stop_requested.is_set():
+            # ack and claim the next task of the first (highest priority) queue in one trip
+            self._attempt_started = self.clock()
+            try:
+                outcome, following = queue.ack_and_claim_next(body)
+            except Exception as exc:
+                self._redis_failed(exc, interruptible=False)
+                tries = 1  # the ack may have been applied: a retry that finds nothing is fine
+            else:
+                self._redis_ok()
+                if following is not None:
+                    self._next_task = (queue, following)
+        if outcome is None:
+            outcome = self._call(ack_alone)
+        acked, previous_failures = outcome
+        m.acked.inc()
+        m.last_success.set_to_current_time()
         fields = {"attempt": previous_failures + 1, "duration": round(duration, 6)}
-        if acked:
+        if acked or tries > 1:
             self.log.info("task.done", **fields)
         else:
             self.log.warning(
@@ -262,8 +275,8 @@ class Consumer:
     def _failed(
         self, queue: ReliableQueue, body: bytes, error: str, duration: float, trace: str
     ) -> None:
-        name = queue.keys.queue
-        metrics.TASKS_FAILED.labels(queue=name).inc()
+        m = self._metrics[queue.keys.queue]
+        m.failed.inc()
         attempts = self._call(lambda: queue.count_failure(body))
         fields = {
             "attempt": attempts,
@@ -274,12 +287,12 @@ class Consumer:
         if attempts >= self.settings.max_attempts:
             entry = dead_letter_entry(body, error, attempts, self.worker, time.time())
             moved = self._call(lambda: queue.dead_letter(body, entry))
-            metrics.TASKS_DEAD_LETTERED.labels(queue=name).inc()
+            m.dead_lettered.inc()
             self.log.error("task.dead_lettered", moved=moved, **fields)
         else:
             delay = retry_delay(self.retry_policy, attempts)
             moved = self._call(lambda: queue.retry_later(body, delay))
-            metrics.TASKS_RETRIED.labels(queue=name).inc()
+            m.retried.inc()
             self.log.warning("task.failed", retry_in=round(delay, 3), moved=moved, **fields)
 
     # -- recovery ---------------------------------------------------------------------------
@@ -291,7 +304,7 @@ class Consumer:
                     continue
                 total = recovered.returned + len(recovered.doomed)
                 if total:
-                    metrics.TASKS_RECOVERED.labels(queue=queue.keys.queue).inc(total)
+                    self._metrics[queue.keys.queue].recovered.inc(total)
                 self.log.warning(
                     "recovery.dead_worker",
                     queue=queue.keys.queue,
@@ -313,7 +326,7 @@ class Consumer:
                 time.time(),
             )
             queue.dead_letter(body, entry)
-            metrics.TASKS_DEAD_LETTERED.labels(queue=queue.keys.queue).inc()
+            self._metrics[queue.keys.queue].dead_lettered.inc()
             self.log.error(
                 "task.dead_lettered",
                 queue=queue.keys.queue,

@@ -17,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from daemon import metrics
-from daemon.config import Settings
+from daemon.config import ConfigError, Settings
 from daemon.connection import LinkState
 from daemon.liveness import Progress, stall_reason
 
@@ -112,7 +112,13 @@ def serve_metrics(
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             return  # scrapes are not news
 
-    server = ThreadingHTTPServer((settings.metrics_host, settings.metrics_port), Handler)
+    try:
+        server = ThreadingHTTPServer((settings.metrics_host, settings.metrics_port), Handler)
+    except OSError as exc:
+        raise ConfigError(
+            f"--metrics-port={settings.metrics_port} on {settings.metrics_host}: cannot listen "
+            f"({exc.strerror}); expected a free port"
+        ) from None
     server.daemon_threads = True
     server.timeout = 5
     thread = threading.Thread(target=server.serve_forever, name="taskd-http", daemon=True)

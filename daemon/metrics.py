@@ -72,6 +72,7 @@ def registry() -> CollectorRegistry:
     """The registry served on /metrics (the default one, with process collectors)."""
     return REGISTRY
 
+
 _CHANNEL = ["channel"]
 PUBSUB_MESSAGES = Counter("taskd_pubsub_messages", "Pub/sub messages received", _CHANNEL)
 PUBSUB_FAILURES = Counter(
@@ -96,3 +97,18 @@ def preexport_channels(channels: tuple[str, ...]) -> None:
     for channel in channels:
         for counter in (PUBSUB_MESSAGES, PUBSUB_FAILURES, PUBSUB_UNSUBSCRIBED_SECONDS):
             counter.labels(channel=channel)
+
+
+class QueueMetrics:
+    """The labelled series of one queue, looked up once (a label lookup per task is not free)."""
+
+    def __init__(self, queue: str) -> None:
+        self.claimed = TASKS_CLAIMED.labels(queue=queue)
+        self.acked = TASKS_ACKED.labels(queue=queue)
+        self.failed = TASKS_FAILED.labels(queue=queue)
+        self.retried = TASKS_RETRIED.labels(queue=queue)
+        self.dead_lettered = TASKS_DEAD_LETTERED.labels(queue=queue)
+        self.recovered = TASKS_RECOVERED.labels(queue=queue)
+        self.duration = TASK_DURATION.labels(queue=queue)
+        self.in_progress = TASKS_IN_PROGRESS.labels(queue=queue)
+        self.last_success = LAST_SUCCESS.labels(queue=queue)

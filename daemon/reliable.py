@@ -63,6 +63,16 @@ redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3] .. ARGV[1])
 return 1
 """
 
+# Ack: the task leaves the processing list, its attempt counter is dropped; returns whether
+# it was still ours and how many attempts had failed before.
+_ACK = """
+-- KEYS: processing, attempts   ARGV: body, digest
+local failures = redis.call('HGET', KEYS[2], ARGV[2])
+local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
+if failures then redis.call('HDEL', KEYS[2], ARGV[2]) end
+return {removed, tonumber(failures) or 0}
+"""
+
 _DEAD_LETTER = """
 -- KEYS: processing, dead, attempts   ARGV: body, entry, digest
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
@@ -159,6 +169,8 @@ class ReliableQueue:
         self.worker = worker
         self.processing = self.keys.processing(worker)
         self._recover = client.register_script(_RECOVER)
+        self._ack = client.register_script(_ACK)
+        self._ack_keys = [self.processing, self.keys.attempts]
         self._retry = client.register_script(_RETRY)
         self._dead = client.register_script(_DEAD_LETTER)
         self._promote = client.register_script(_PROMOTE)
@@ -175,17 +187,26 @@ class ReliableQueue:
 
     # -- outcomes ---------------------------------------------------------------------------
     def ack(self, body: bytes) -> tuple[bool, int]:
-        """Remove a finished task and its attempt counter, atomically.
+        """Remove a finished task and its attempt counter, atomically (one Lua call).
 
         Returns (still ours, failed attempts before this success); "not ours" means a peer
         recovered the task while it ran.
         """
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hget(self.keys.attempts, digest(body))
-        pipe.lrem(self.processing, 1, body)
-        pipe.hdel(self.keys.attempts, digest(body))
-        failures, removed, _ = pipe.execute()
-        return bool(removed), int(failures or 0)
+        removed, failures = self._ack(keys=self._ack_keys, args=[body, digest(body)])
+        return bool(removed), int(failures)
+
+    def ack_and_claim_next(self, body: bytes) -> tuple[tuple[bool, int], bytes | None]:
+        """Ack `body` and claim the next task without blocking, in one round trip.
+
+        While the queue is busy this halves the round trips per task. If the reply is lost,
+        the caller retries the ack alone (a second LREM is harmless) and the claim, if it
+        happened, is returned by the lost-reply reconciliation.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        self._ack(keys=self._ack_keys, args=[body, digest(body)], client=pipe)
+        pipe.lmove(self.keys.pending, self.processing, "RIGHT", "LEFT")
+        (removed, failures), following = pipe.execute()
+        return (bool(removed), int(failures)), following
 
     def count_failure(self, body: bytes) -> int:
         """Count one failed attempt; returns the attempts so far."""

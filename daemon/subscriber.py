@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,7 +36,8 @@ from daemon.connection import (
 )
 from daemon.handlers import Handler
 from daemon.keys import durable_queue
-from daemon.liveness import Progress, StallWatchdog
+from daemon.lifecycle import GracefulStop, supervise
+from daemon.liveness import Progress
 from daemon.redis_url import redact
 from daemon.reliable import digest
 
@@ -143,7 +142,14 @@ class Subscriber:
         self.clock = clock
         self.poll = min(MAX_POLL, settings.ping_interval / 2)
         self.subscriptions = (*settings.channels, *settings.patterns)
-        self.stop_requested = threading.Event()
+        self.stop = GracefulStop(
+            "subscriber",
+            settings.drain_timeout,
+            self.log,
+            self.progress,
+            "the message being handled is lost (pub/sub keeps no copy)",
+        )
+        self.stop_requested = self.stop.requested
         self.pubsub: _PubSub | None = None
         self.deadline = PingDeadline(settings.ping_interval, clock())
         self._unconfirmed: set[tuple[str, str]] = set()
@@ -151,31 +157,11 @@ class Subscriber:
         self._lost_at: float | None = None  # last sign of life of the lost subscription
         self._counted_until = 0.0  # unsubscribed time already added to the metric
         self._attempt_started = clock()
-        self._drain_timer: threading.Timer | None = None
         metrics.preexport_channels(self.subscriptions)
 
-    # -- control ----------------------------------------------------------------------------
     def request_stop(self, signum: int = 15, _frame: Any = None) -> None:
         """First signal: stop after the current message. Second signal: exit at once."""
-        if self.stop_requested.is_set():
-            self.log.warning("subscriber.forced_exit", signal=signum)
-            os._exit(128 + signum)
-        self.log.info(
-            "subscriber.stopping", signal=signum, drain_timeout=self.settings.drain_timeout
-        )
-        self.stop_requested.set()
-        self._drain_timer = threading.Timer(self.settings.drain_timeout, self._drain_expired)
-        self._drain_timer.daemon = True
-        self._drain_timer.start()
-
-    def _drain_expired(self) -> None:
-        self.log.error(
-            "subscriber.drain_timeout",
-            drain_timeout=self.settings.drain_timeout,
-            note="the message being handled is lost (pub/sub keeps no copy)",
-            **self.progress.snapshot().as_dict(),
-        )
-        os._exit(exitcodes.DRAIN_TIMEOUT)
+        self.stop.request(signum, _frame)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -197,8 +183,7 @@ class Subscriber:
         finally:
             self._drop()
             self.client.close()
-            if self._drain_timer:
-                self._drain_timer.cancel()
+            self.stop.finished()
         self.log.info("subscriber.stopped", exit_code=exitcodes.OK)
         return exitcodes.OK
 
@@ -364,35 +349,6 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _supervise(
-    settings: Settings,
-    progress: Progress,
-    link: LinkState,
-    request_stop: Callable[[int, Any], None],
-    loop: Callable[[], int],
-    log: Any,
-) -> int:
-    """Metrics server, stall watchdog and signal handlers around a loop (as `taskd consume`)."""
-    if settings.metrics_port:
-        from daemon.http import serve_metrics
-
-        serve_metrics(settings, progress, link, log)
-    watchdog = StallWatchdog(
-        progress,
-        settings.stall_timeout,
-        settings.task_timeout,
-        log,
-        heartbeat_file=settings.heartbeat_file,
-    )
-    watchdog.start()
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    try:
-        return loop()
-    finally:
-        watchdog.stop()
-
-
 def durable_settings(settings: Settings) -> Settings:
     """The consumer settings of `subscribe --durable`: one durable list per channel."""
     if settings.patterns:
@@ -426,12 +382,10 @@ def run(settings: Settings, handler: Handler) -> int:
             pid=os.getpid(),
         )
         consumer = Consumer(lists, handler)
-        return _supervise(
-            lists, consumer.progress, consumer.link, consumer.request_stop, consumer.run, log
-        )
+        return supervise(lists, consumer.progress, consumer.link, consumer.stop, consumer.run, log)
     if not settings.channels and not settings.patterns:
         raise ConfigError("nothing to subscribe to: expected --channel C or --pattern P")
     subscriber = Subscriber(settings, handler)
-    return _supervise(
-        settings, subscriber.progress, subscriber.link, subscriber.request_stop, subscriber.run, log
+    return supervise(
+        settings, subscriber.progress, subscriber.link, subscriber.stop, subscriber.run, log
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -25,13 +26,19 @@ TESTS = Path(__file__).resolve().parent
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on right now (never 6379)."""
+    """A TCP port nobody uses right now, below the kernel's ephemeral range (32768+).
+
+    A port the kernel picks for `bind(0)` can be handed out again at once as the local port
+    of some outgoing connection of a parallel test; ports below 32768 never are.
+    """
     while True:
+        port = random.randrange(20000, 32000)
         with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port != 6379:
-            return int(port)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
 
 
 def wait_until(
