@@ -219,6 +219,8 @@ class LinkState:
 
     def succeeded(self) -> bool:
         """Record a successful call; True when this ended an outage."""
+        if self.connected:  # the hot path: nothing changes, no lock needed
+            return False
         with self._lock:
             if self.connected:
                 return False

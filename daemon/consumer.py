@@ -129,7 +129,6 @@ class Consumer:
     def _turn_once(self) -> None:
         self._attempt_started = self.clock()
         self.progress.mark()
-        metrics.LAST_PROGRESS.set_to_current_time()
         try:
             if not self._started:
                 self._startup()
@@ -209,7 +208,7 @@ class Consumer:
         m.claimed.inc()
         structlog.contextvars.bind_contextvars(queue=name, task=task_id)
         self.progress.task_started(f"{name}:{task_id}")
-        self._task_heartbeat.busy.set()
+        self._task_heartbeat.busy = True
         m.in_progress.inc()
         started = time.perf_counter()
         error: str | None = None
@@ -221,7 +220,7 @@ class Consumer:
             trace = traceback.format_exc()[-MAX_TRACEBACK:]
         finally:
             duration = time.perf_counter() - started
-            self._task_heartbeat.busy.clear()
+            self._task_heartbeat.busy = False
             # The handler is done: from here the task timeout no longer applies, so a long
             # Redis outage while settling is waited out (progress is marked per retry).
             self.progress.task_finished()
@@ -421,7 +420,7 @@ class _TaskHeartbeat(threading.Thread):
         super().__init__(name="taskd-task-heartbeat", daemon=True)
         self.queues = queues
         self.ttl = ttl
-        self.busy = threading.Event()
+        self.busy = False  # set by the loop around each handler run (a plain flag: cheap)
         self._stopped = threading.Event()
 
     def stop(self) -> None:
@@ -429,7 +428,7 @@ class _TaskHeartbeat(threading.Thread):
 
     def run(self) -> None:
         while not self._stopped.wait(self.ttl / 3):
-            if not self.busy.is_set():
+            if not self.busy:
                 continue
             for queue in self.queues:
                 # the main loop reports an outage; a missed beat only risks a duplicate

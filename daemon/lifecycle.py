@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from daemon import exitcodes
+from daemon import exitcodes, metrics
 from daemon.config import Settings
 from daemon.connection import LinkState
 from daemon.liveness import Progress, StallWatchdog
@@ -66,6 +66,7 @@ def supervise(
     log: Any,
 ) -> int:
     """Run `loop` with the metrics server, the stall watchdog and the signal handlers."""
+    metrics.track_progress(progress)
     if settings.metrics_port:
         from daemon.http import serve_metrics
 

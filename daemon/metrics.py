@@ -6,6 +6,9 @@ No task or worker ids as labels: the scrape target identifies the process.
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -66,6 +69,14 @@ def preexport(queues: tuple[str, ...]) -> None:
         TASK_DURATION.labels(queue=queue)
         TASKS_IN_PROGRESS.labels(queue=queue).set(0)
         LAST_SUCCESS.labels(queue=queue)
+
+
+def track_progress(progress: Any) -> None:
+    """taskd_last_progress_timestamp_seconds read from the progress clock at scrape time.
+
+    (Setting a gauge on every loop turn would cost the hot path a lock for nothing.)
+    """
+    LAST_PROGRESS.set_function(lambda: time.time() - progress.snapshot().since_progress)
 
 
 def registry() -> CollectorRegistry:

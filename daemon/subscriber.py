@@ -190,7 +190,6 @@ class Subscriber:
     def _turn_once(self) -> None:
         self._attempt_started = self.clock()
         self.progress.mark()
-        metrics.LAST_PROGRESS.set_to_current_time()
         self._count_unsubscribed(self._attempt_started)
         try:
             if self.pubsub is None:

@@ -88,9 +88,10 @@ class Stack:
             stderr=subprocess.DEVNULL,
         )
         wait_until(lambda: (self.root / "var/run/supervisor.sock").exists(), 15, "supervisord")
-        wait_until(
-            lambda: all(self.state(p) == "RUNNING" for p in programs), 30, f"{programs} RUNNING"
-        )
+        try:
+            wait_until(lambda: all(self.state(p) == "RUNNING" for p in programs), 30, "RUNNING")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {self.states()}") from None
         return self
 
     def rpc(self) -> Any:
@@ -99,6 +100,15 @@ class Stack:
 
     def infos(self) -> dict[str, dict[str, Any]]:
         return {i["name"]: i for i in self.rpc().getAllProcessInfo()}
+
+    def states(self) -> dict[str, str]:
+        """Every process's state and, for the ones not running, why (for failure messages)."""
+        return {
+            n: f"{i['statename']} {i.get('spawnerr', '')} {self.log(n + '.log')[-300:]}".strip()
+            if i["statename"] != "RUNNING"
+            else "RUNNING"
+            for n, i in self.infos().items()
+        }
 
     def state(self, name: str) -> str:
         return str(self.infos().get(name, {}).get("statename", "ABSENT"))

@@ -45,7 +45,10 @@ def client(stack: Stack) -> redis.Redis:
 
 def test_all_programs_reach_running_and_supervisorctl_lists_them(stack: Stack) -> None:
     names = ("redis", "consumer_00", "consumer_01", "subscriber", "web", "watchdog")
-    wait_until(lambda: all(stack.state(n) == "RUNNING" for n in names), 30, "all RUNNING")
+    try:
+        wait_until(lambda: all(stack.state(n) == "RUNNING" for n in names), 30, "all RUNNING")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {stack.states()}") from None
     out = stack.ctl("status").stdout
     for line in (
         "redis ",
