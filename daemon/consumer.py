@@ -40,6 +40,7 @@ T = TypeVar("T")
 
 HEARTBEAT_EVERY = 1.0  # seconds between heartbeats of a busy worker
 PROMOTE_EVERY = 1.0  # seconds between moves of due retries back to pending
+MAINTAIN_GRANULARITY = 0.1  # seconds: how often the loop looks at what is due
 MAX_TRACEBACK = 4000  # characters of a handler's traceback kept in its failure log line
 
 
@@ -89,6 +90,7 @@ class Consumer:
         self._reconcile_at: list[float] = []  # when to look for lost claim replies
         self._next: dict[str, float] = {}
         self._turn = 0
+        self._maintain_after = 0.0
         self._attempt_started = clock()
         self._task_heartbeat = _TaskHeartbeat(
             [ReliableQueue(self.aux_client, q, self.worker) for q in settings.queues],
@@ -161,26 +163,28 @@ class Consumer:
             queue.heartbeat(self.settings.heartbeat_ttl)
         self._started = True
 
-    def _due(self, name: str, every: float) -> bool:
-        now = self.clock()
+    def _due(self, name: str, every: float, now: float) -> bool:
         if now >= self._next.get(name, 0.0):
             self._next[name] = now + every
             return True
         return False
 
     def _maintain(self) -> None:
+        now = self.clock()
+        if now < self._maintain_after:  # the hot path: nothing is due yet
+            return
+        self._maintain_after = now + MAINTAIN_GRANULARITY
         s = self.settings
-        if self._due("heartbeat", min(HEARTBEAT_EVERY, s.heartbeat_ttl / 3)):
+        if self._due("heartbeat", min(HEARTBEAT_EVERY, s.heartbeat_ttl / 3), now):
             for queue in self.queues:
                 queue.heartbeat(s.heartbeat_ttl)
-        if self._due("promote", PROMOTE_EVERY):
+        if self._due("promote", PROMOTE_EVERY, now):
             for queue in self.queues:
                 queue.promote_due()
-        if self._due("recover", s.recovery_interval):
+        if self._due("recover", s.recovery_interval, now):
             self._recover_dead_peers()
             self._next_task = None  # it is in our processing list: returned to the queue front
             self._reconcile("periodic")
-        now = self.clock()
         if any(t <= now for t in self._reconcile_at):
             self._reconcile_at = [t for t in self._reconcile_at if t > now]
             self._next_task = None
@@ -204,7 +208,8 @@ class Consumer:
     def _process(self, queue: ReliableQueue, body: bytes) -> None:
         name = queue.keys.queue
         m = self._metrics[name]
-        task_id = digest(body)[:12]
+        task_digest = digest(body)
+        task_id = task_digest[:12]
         m.claimed.inc()
         structlog.contextvars.bind_contextvars(queue=name, task=task_id)
         self.progress.task_started(f"{name}:{task_id}")
@@ -228,13 +233,15 @@ class Consumer:
             m.duration.observe(duration)
         try:
             if error is None:
-                self._succeeded(queue, body, duration)
+                self._succeeded(queue, body, duration, task_digest)
             else:
                 self._failed(queue, body, error, duration, trace)
         finally:
             structlog.contextvars.unbind_contextvars("queue", "task")
 
-    def _succeeded(self, queue: ReliableQueue, body: bytes, duration: float) -> None:
+    def _succeeded(
+        self, queue: ReliableQueue, body: bytes, duration: float, task_digest: str
+    ) -> None:
         m = self._metrics[queue.keys.queue]
         tries = 0
 
@@ -248,7 +255,7 @@ class Consumer:
             # ack and claim the next task of the first (highest priority) queue in one trip
             self._attempt_started = self.clock()
             try:
-                outcome, following = queue.ack_and_claim_next(body)
+                outcome, following = queue.ack_and_claim_next(body, task_digest)
             except Exception as exc:
                 self._redis_failed(exc, interruptible=False)
                 tries = 1  # the ack may have been applied: a retry that finds nothing is fine
@@ -365,6 +372,7 @@ class Consumer:
 
     def _redis_ok(self) -> None:
         if self.link.succeeded():
+            self._maintain_after = 0.0  # reconcile at the next turn
             metrics.REDIS_RECONNECTS.inc()
             self._kill_orphan_claims()
             # Look for claims whose reply was lost at the start of the next turn (when we

@@ -46,28 +46,27 @@ class Progress:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._last = clock()
-        self._task: str | None = None
-        self._task_started: float | None = None
-        self._lock = threading.Lock()
+        # (description, start) of the running task, replaced as a whole: one attribute
+        # store is atomic for readers in other threads, so the hot path takes no lock
+        self._task: tuple[str, float] | None = None
 
     def mark(self) -> None:
         """The loop turned: it is not stuck."""
         self._last = self._clock()
 
     def task_started(self, description: str) -> None:
-        with self._lock:
-            self._task, self._task_started = description, self._clock()
+        self._task = (description, self._clock())
 
     def task_finished(self) -> None:
-        with self._lock:
-            self._task, self._task_started = None, None
+        self._task = None
         self.mark()
 
     def snapshot(self) -> Snapshot:
         now = self._clock()
-        with self._lock:
-            age = None if self._task_started is None else now - self._task_started
-            return Snapshot(now - self._last, self._task, age)
+        task, last = self._task, self._last
+        if task is None:
+            return Snapshot(now - last, None, None)
+        return Snapshot(now - last, task[0], now - task[1])
 
 
 def stall_reason(snap: Snapshot, stall_timeout: float, task_timeout: float) -> str | None:

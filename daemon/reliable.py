@@ -195,7 +195,9 @@ class ReliableQueue:
         removed, failures = self._ack(keys=self._ack_keys, args=[body, digest(body)])
         return bool(removed), int(failures)
 
-    def ack_and_claim_next(self, body: bytes) -> tuple[tuple[bool, int], bytes | None]:
+    def ack_and_claim_next(
+        self, body: bytes, body_digest: str | None = None
+    ) -> tuple[tuple[bool, int], bytes | None]:
         """Ack `body` and claim the next task without blocking, in one round trip.
 
         While the queue is busy this halves the round trips per task. If the reply is lost,
@@ -205,15 +207,16 @@ class ReliableQueue:
         # Two commands written at once on one pooled connection: redis-py's pipeline object
         # costs more client CPU than the round trip it saves (and a Script in a pipeline adds
         # a SCRIPT EXISTS trip). Errors are handled as redis-py's own pipeline does.
+        body_digest = body_digest or digest(body)
         commands = (
-            ("EVALSHA", self._ack.sha, 2, *self._ack_keys, body, digest(body)),
+            ("EVALSHA", self._ack.sha, 2, *self._ack_keys, body, body_digest),
             ("LMOVE", self.keys.pending, self.processing, "RIGHT", "LEFT"),
         )
         acked, following = self._send_pair(commands)
         if isinstance(following, Exception):
             raise following
         if isinstance(acked, redis.exceptions.NoScriptError):  # e.g. Redis restarted
-            acked = self._ack(keys=self._ack_keys, args=[body, digest(body)])
+            acked = self._ack(keys=self._ack_keys, args=[body, body_digest])
         elif isinstance(acked, Exception):
             raise acked
         removed, failures = acked
