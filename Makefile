@@ -34,7 +34,7 @@ test: setup lint typecheck
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
 
 bench: setup
-	$(BIN)/python scripts/bench.py
+	$(BIN)/python scripts/bench.py --tasks 20000 --repeat 5 --more --pin 1
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
