@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 3
 
-.PHONY: setup run dev stop status test lint typecheck bench clean
+.PHONY: setup run dev stop status test lint typecheck bench soak clean
 
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	@scripts/setup.sh
@@ -32,6 +32,9 @@ typecheck: setup
 
 test: setup lint typecheck
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
+
+soak: setup
+	$(BIN)/python scripts/soak.py $(SOAK_ARGS)
 
 bench: setup
 	$(BIN)/python scripts/bench.py --tasks 20000 --repeat 5 --more --pin 1

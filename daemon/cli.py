@@ -288,6 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting(web, "drain_timeout", "seconds in-flight requests may take after SIGTERM")
     _add_setting(web, "durable", HELPS["durable"])
     web.set_defaults(run=cmd_web)
+
+    soak = verbs.add_parser(
+        "soak",
+        help="soak test: the whole stack under load and scheduled faults, then a verdict "
+        "(taskd soak --help; docs/soak.md)",
+        add_help=False,
+        prefix_chars="\0",  # every argument after `soak` is the soak's own (daemon/soak.py)
+    )
+    soak.add_argument("soak_args", nargs=argparse.REMAINDER)
+    soak.set_defaults(run=cmd_soak)
     return parser
 
 
@@ -363,6 +373,13 @@ def cmd_web(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _setup_logging(settings)
     return web.serve(settings)
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    """The soak test (daemon/soak.py parses its own flags; exit 78 on bad ones)."""
+    from daemon import soak
+
+    return soak.main(args.soak_args)
 
 
 def _bodies(raw: Sequence[str]) -> list[str]:

@@ -42,7 +42,18 @@ _FATAL_CONNECT_MESSAGES = (
     "hostname mismatch",
 )
 # Response errors that mean "the server is changing state, try again soon".
-_TRANSIENT_MESSAGES = ("unblocked", "loading", "masterdown", "tryagain", "clusterdown", "readonly")
+_TRANSIENT_MESSAGES = (
+    "unblocked",
+    "loading",
+    "masterdown",
+    "tryagain",
+    "clusterdown",
+    "readonly",
+    "busy",  # a long script or MODULE command is running
+    "misconf",  # the server cannot persist and refuses writes until it can
+    "noreplicas",  # min-replicas-to-write not met
+    "noscript",  # script cache flushed (restart, SCRIPT FLUSH): reloaded on the next call
+)
 
 
 class RedisFatalError(ConfigError):
@@ -55,11 +66,32 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
         return not any(m in str(exc).lower() for m in _FATAL_CONNECT_MESSAGES)
-    if isinstance(exc, redis.ReadOnlyError | redis.exceptions.BusyLoadingError):
+    if isinstance(
+        exc,
+        redis.ReadOnlyError
+        | redis.exceptions.BusyLoadingError
+        | redis.exceptions.OutOfMemoryError  # maxmemory reached: waits until memory is freed
+        | redis.exceptions.NoScriptError,
+    ):
         return True
     if isinstance(exc, redis.ResponseError):
         return str(exc).lower().startswith(_TRANSIENT_MESSAGES)
     return False
+
+
+def maybe_applied(exc: BaseException) -> bool:
+    """Could the command that raised `exc` have been carried out by the server anyway?
+
+    An error reply (READONLY, LOADING, OOM, BUSY...) means it was refused, and a failure to
+    connect means it was never sent; a timeout or a broken connection after sending leaves
+    it unknown (the reply may be what was lost).
+    """
+    if isinstance(exc, redis.ResponseError | redis.exceptions.BusyLoadingError):
+        return False
+    text = str(exc).lower()
+    if "connecting to" in text or "timeout connecting" in text:
+        return False
+    return isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError)
 
 
 def fatal_reason(exc: BaseException, url: str) -> str:

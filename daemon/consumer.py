@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import redis
 import structlog
-from redis.backoff import AbstractBackoff, ExponentialBackoff
+from redis.backoff import AbstractBackoff
 
 from daemon import exitcodes, metrics
 from daemon.config import Settings
@@ -29,6 +29,7 @@ from daemon.connection import (
     is_transient,
     make_backoff,
     make_client,
+    maybe_applied,
 )
 from daemon.handlers import Handler
 from daemon.lifecycle import GracefulStop
@@ -42,11 +43,6 @@ HEARTBEAT_EVERY = 1.0  # seconds between heartbeats of a busy worker
 PROMOTE_EVERY = 1.0  # seconds between moves of due retries back to pending
 MAINTAIN_GRANULARITY = 0.1  # seconds: how often the loop looks at what is due
 MAX_TRACEBACK = 4000  # characters of a handler's traceback kept in its failure log line
-
-
-def retry_delay(policy: AbstractBackoff, attempts: int) -> float:
-    """Delay before retry number `attempts` (1 -> base, 2 -> 2 x base, ... capped)."""
-    return float(policy.compute(attempts - 1))
 
 
 class Consumer:
@@ -74,7 +70,6 @@ class Consumer:
         self.queues = [ReliableQueue(self.client, q, self.worker) for q in settings.queues]
         self.link = LinkState(backoff or make_backoff(settings), self.log, clock=clock)
         self.link.listeners.append(lambda up: metrics.REDIS_CONNECTED.set(1 if up else 0))
-        self.retry_policy = ExponentialBackoff(cap=settings.retry_cap, base=settings.retry_base)
         self.progress = progress or Progress(clock)
         self.clock = clock
         self.stop = GracefulStop(
@@ -139,6 +134,9 @@ class Consumer:
             claimed = self._next_task or self._claim()
             self._next_task = None
         except Exception as exc:
+            # a task claimed ahead may meanwhile be recovered by a peer: let the
+            # reconciliation after the reconnect return it instead of running it late
+            self._next_task = None
             self._redis_failed(exc, interruptible=True)
             return
         self._redis_ok()
@@ -183,11 +181,9 @@ class Consumer:
                 queue.promote_due()
         if self._due("recover", s.recovery_interval, now):
             self._recover_dead_peers()
-            self._next_task = None  # it is in our processing list: returned to the queue front
             self._reconcile("periodic")
         if any(t <= now for t in self._reconcile_at):
             self._reconcile_at = [t for t in self._reconcile_at if t > now]
-            self._next_task = None
             self._reconcile("after_reconnect")
 
     def _claim(self) -> tuple[ReliableQueue, bytes] | None:
@@ -243,33 +239,24 @@ class Consumer:
         self, queue: ReliableQueue, body: bytes, duration: float, task_digest: str
     ) -> None:
         m = self._metrics[queue.keys.queue]
-        tries = 0
 
-        def ack_alone() -> tuple[bool, int]:
-            nonlocal tries
-            tries += 1
-            return queue.ack(body)
+        def ack() -> tuple[tuple[bool, int], bytes | None]:
+            if queue is self.queues[0] and not self.stop_requested.is_set():
+                # ack and claim the next task of the first (highest priority) queue at once
+                return queue.ack_and_claim_next(body, task_digest)
+            return queue.ack(body), None
 
-        outcome: tuple[bool, int] | None = None
-        if queue is self.queues[0] and not self.stop_requested.is_set():
-            # ack and claim the next task of the first (highest priority) queue in one trip
-            self._attempt_started = self.clock()
-            try:
-                outcome, following = queue.ack_and_claim_next(body, task_digest)
-            except Exception as exc:
-                self._redis_failed(exc, interruptible=False)
-                tries = 1  # the ack may have been applied: a retry that finds nothing is fine
-            else:
-                self._redis_ok()
-                if following is not None:
-                    self._next_task = (queue, following)
-        if outcome is None:
-            outcome = self._call(ack_alone)
+        settled = self._settle(ack, "task.ack_uncertain")
+        if settled is None:
+            return
+        outcome, following = settled
+        if following is not None:
+            self._next_task = (queue, following)
         acked, previous_failures = outcome
         m.acked.inc()
         m.last_success.set_to_current_time()
         fields = {"attempt": previous_failures + 1, "duration": round(duration, 6)}
-        if acked or tries > 1:
+        if acked:
             self.log.info("task.done", **fields)
         else:
             self.log.warning(
@@ -283,23 +270,66 @@ class Consumer:
     ) -> None:
         m = self._metrics[queue.keys.queue]
         m.failed.inc()
-        attempts = self._call(lambda: queue.count_failure(body))
-        fields = {
-            "attempt": attempts,
-            "error": error,
-            "duration": round(duration, 6),
-            "traceback": trace,
-        }
-        if attempts >= self.settings.max_attempts:
-            entry = dead_letter_entry(body, error, attempts, self.worker, time.time())
-            moved = self._call(lambda: queue.dead_letter(body, entry))
+        s = self.settings
+        entry = dead_letter_entry(body, error, 0, self.worker, time.time())
+        settled = self._settle(
+            lambda: queue.fail(body, entry, s.max_attempts, s.retry_base, s.retry_cap),
+            "task.fail_uncertain",
+        )
+        if settled is None:
+            return
+        verdict, attempts, delay = settled
+        fields = {"attempt": attempts, "error": error, "duration": round(duration, 6)}
+        if verdict == "dead":
             m.dead_lettered.inc()
-            self.log.error("task.dead_lettered", moved=moved, **fields)
-        else:
-            delay = retry_delay(self.retry_policy, attempts)
-            moved = self._call(lambda: queue.retry_later(body, delay))
+            self.log.error("task.dead_lettered", traceback=trace, **fields)
+        elif verdict == "retry":
             m.retried.inc()
-            self.log.warning("task.failed", retry_in=round(delay, 3), moved=moved, **fields)
+            self.log.warning("task.failed", retry_in=round(delay, 3), traceback=trace, **fields)
+        else:
+            self.log.warning(
+                "task.failed_but_recovered",
+                note="a peer recovered this task while it ran (heartbeat lost?); it may run twice",
+                **fields,
+            )
+
+    def _settle(self, operation: Callable[[], T], event: str) -> T | None:
+        """Carry out an ack or a failure; None when its outcome became unknown.
+
+        Refused or never sent (Redis down, READONLY, LOADING...): wait and send it again,
+        for as long as it takes (the drain timer bounds a stop). Sent but unanswered: it may
+        have been applied, so it is not re-sent (see `_settle_uncertain`).
+        """
+        while True:
+            self._attempt_started = self.clock()
+            try:
+                result = operation()
+            except Exception as exc:
+                if maybe_applied(exc):
+                    self._settle_uncertain(exc, event)
+                    return None
+                self._redis_failed(exc, interruptible=False)
+                # a claim sent along with a refused ack is returned at the next turn
+                self._reconcile_at.append(self.clock())
+                continue
+            self._redis_ok()
+            return result
+
+    def _settle_uncertain(self, exc: Exception, event: str) -> None:
+        """The reply to an ack or a failure was lost: it may or may not have been applied.
+
+        Re-sending it could act on another copy of the same body (an unseen claim), so
+        instead everything this worker holds goes back to the queue front: an applied
+        outcome stays applied, an unapplied one means the task runs again (at-least-once).
+        """
+        self._redis_failed(exc, interruptible=False)
+        self._next_task = None
+        self._call(lambda: self._reconcile("settle_reply_lost"))
+        self.log.warning(
+            event,
+            error=f"{type(exc).__name__}: {exc}",
+            note="reply lost; what this worker held went back to the queue; the task may run again",
+        )
 
     # -- recovery ---------------------------------------------------------------------------
     def _recover_dead_peers(self) -> None:
@@ -342,9 +372,15 @@ class Consumer:
             )
 
     def _reconcile(self, why: str) -> None:
-        """Return claims whose reply never reached us (between tasks our lists are empty)."""
+        """Return claims whose reply never reached us.
+
+        Between tasks our processing lists hold nothing but the task claimed with the last
+        ack (`_next_task`), which is kept.
+        """
+        held = self._next_task
         for queue in self.queues:
-            recovered = queue.return_own(self.settings.max_attempts, count_attempt=False)
+            keep = held[1] if held is not None and held[0] is queue else None
+            recovered = queue.return_own(self.settings.max_attempts, False, keep=keep)
             if recovered.returned:
                 self.log.warning(
                     "claim.reply_lost",
@@ -380,6 +416,9 @@ class Consumer:
             # the dead connection may move a task in until the server gives up on it.
             now = self.clock()
             self._reconcile_at += [now, now + self.settings.socket_timeout]
+            # Peers were cut off too: give them one heartbeat TTL to beat again before their
+            # in-flight tasks are taken for dead (that would only cost a duplicate run).
+            self._next["recover"] = now + self.settings.heartbeat_ttl
 
     def _redis_failed(self, exc: Exception, interruptible: bool) -> None:
         if not is_transient(exc):
@@ -408,8 +447,10 @@ class Consumer:
             self.log.debug("redis.orphan_check_skipped", error=str(exc))
 
     def _shutdown(self) -> None:
-        """Leave nothing behind: return unseen claims, then say goodbye."""
+        """Leave nothing behind: return unseen claims (and the one claimed ahead), say goodbye."""
+        self._next_task = None
         try:
+            self._kill_orphan_claims()  # a claim still blocked on a dead connection
             self._reconcile("shutdown")
             for queue in self.queues:
                 queue.forget_self()

@@ -29,15 +29,19 @@ class GracefulStop:
         self.progress = progress
         self.lost = lost  # what happens to the work in hand when the stop is forced
         self.requested = threading.Event()
+        self._signalled = False
         self._timer: threading.Timer | None = None
 
     def request(self, signum: int = signal.SIGTERM, _frame: Any = None) -> None:
         """Signal handler. First call: stop and drain. Second call: exit at once."""
-        if self.requested.is_set():
+        if self._signalled:
             self.log.warning(f"{self.role}.forced_exit", signal=signum, note=self.lost)
             os._exit(128 + signum)
+        self._signalled = True
         self.log.info(f"{self.role}.stopping", signal=signum, drain_timeout=self.drain_timeout)
-        self.requested.set()
+        # Not Event.set() here: the main thread may be inside that Event's lock (in a wait),
+        # and this handler runs on the main thread: set it from another thread instead.
+        threading.Thread(target=self.requested.set, name="taskd-stop", daemon=True).start()
         self._timer = threading.Timer(self.drain_timeout, self._expired)
         self._timer.daemon = True
         self._timer.start()

@@ -30,37 +30,32 @@ TOKEN_CHARS = TOKEN_BYTES * 2
 # several hosts may race for the same dead worker safely.
 _RECOVER = """
 -- KEYS: source, pending, attempts, holder, alive, workers
--- ARGV: max_attempts, only_if_dead, count_attempt, worker
+-- ARGV: max_attempts, only_if_dead, count_attempt, worker, keep ('' or a body to leave)
 if ARGV[2] == '1' and redis.call('EXISTS', KEYS[5]) == 1 then return {-1, {}} end
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
 redis.call('DEL', KEYS[1])
 local returned, doomed = 0, {}
+local keep = ARGV[6] == '1'
 for _, body in ipairs(items) do
   local n = 0
-  if ARGV[3] == '1' then
-    n = redis.call('HINCRBY', KEYS[3], redis.sha1hex(body), 1)
-  end
-  if n >= tonumber(ARGV[1]) then
-    redis.call('LPUSH', KEYS[4], body)
-    table.insert(doomed, body)
+  if keep and body == ARGV[5] then
+    redis.call('LPUSH', KEYS[1], body)  -- the task its worker holds: not lost, not returned
+    keep = false
   else
-    redis.call('RPUSH', KEYS[2], body)
-    returned = returned + 1
+    if ARGV[3] == '1' then
+      n = redis.call('HINCRBY', KEYS[3], redis.sha1hex(body), 1)
+    end
+    if n >= tonumber(ARGV[1]) then
+      redis.call('LPUSH', KEYS[4], body)
+      table.insert(doomed, body)
+    else
+      redis.call('RPUSH', KEYS[2], body)
+      returned = returned + 1
+    end
   end
 end
 if ARGV[2] == '1' then redis.call('ZREM', KEYS[6], ARGV[4]) end
 return {returned, doomed}
-"""
-
-# Schedules a retry: the task leaves the processing list and enters the delayed set, due at
-# server time + delay (server time, so consumers on hosts with skewed clocks agree).
-_RETRY = """
--- KEYS: processing, delayed   ARGV: body, delay, token
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3] .. ARGV[1])
-return 1
 """
 
 # Ack: the task leaves the processing list, its attempt counter is dropped; returns whether
@@ -71,6 +66,29 @@ local failures = redis.call('HGET', KEYS[2], ARGV[2])
 local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
 if failures then redis.call('HDEL', KEYS[2], ARGV[2]) end
 return {removed, tonumber(failures) or 0}
+"""
+
+# A failed attempt, in one step: count it, then schedule the retry (delay doubling from
+# retry_base, capped) or, at the last attempt, dead-letter it (the JSON document gets the
+# final count). Nothing happens when the task is no longer in the processing list, so the
+# count can never be taken twice for one failure.
+_FAIL = """
+-- KEYS: processing, attempts, delayed, dead
+-- ARGV: body, digest, max_attempts, retry_base, retry_cap, token, entry (JSON)
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return {-1, 0, '0'} end
+local n = redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+if n >= tonumber(ARGV[3]) then
+  local doc = cjson.decode(ARGV[7])
+  doc['attempts'] = n
+  redis.call('LPUSH', KEYS[4], cjson.encode(doc))
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  return {1, n, '0'}
+end
+local delay = math.min(tonumber(ARGV[5]), tonumber(ARGV[4]) * 2 ^ (n - 1))
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZADD', KEYS[3], now + delay, ARGV[6] .. ARGV[1])
+return {0, n, tostring(delay)}
 """
 
 _DEAD_LETTER = """
@@ -171,7 +189,7 @@ class ReliableQueue:
         self._recover = client.register_script(_RECOVER)
         self._ack = client.register_script(_ACK)
         self._ack_keys = [self.processing, self.keys.attempts]
-        self._retry = client.register_script(_RETRY)
+        self._fail = client.register_script(_FAIL)
         self._dead = client.register_script(_DEAD_LETTER)
         self._promote = client.register_script(_PROMOTE)
         self._requeue_dead = client.register_script(_REQUEUE_DEAD)
@@ -213,8 +231,8 @@ class ReliableQueue:
             ("LMOVE", self.keys.pending, self.processing, "RIGHT", "LEFT"),
         )
         acked, following = self._send_pair(commands)
-        if isinstance(following, Exception):
-            raise following
+        if isinstance(following, Exception):  # refused (e.g. READONLY): no claim happened
+            following = None
         if isinstance(acked, redis.exceptions.NoScriptError):  # e.g. Redis restarted
             acked = self._ack(keys=self._ack_keys, args=[body, body_digest])
         elif isinstance(acked, Exception):
@@ -240,16 +258,20 @@ class ReliableQueue:
         finally:
             pool.release(conn)
 
-    def count_failure(self, body: bytes) -> int:
-        """Count one failed attempt; returns the attempts so far."""
-        return int(self.client.hincrby(self.keys.attempts, digest(body), 1))
+    def fail(
+        self, body: bytes, entry: bytes, max_attempts: int, retry_base: float, retry_cap: float
+    ) -> tuple[str, int, float]:
+        """Settle a failed attempt atomically: ("retry", attempts, delay) or ("dead", ...).
 
-    def retry_later(self, body: bytes, delay: float) -> bool:
-        """Move the task from the processing list to the delayed set, due in `delay` s."""
+        `entry` is the dead-letter document; its "attempts" is set to the final count.
+        ("gone", 0, 0) when the task was no longer in this worker's processing list.
+        """
+        keys = [self.processing, self.keys.attempts, self.keys.delayed, self.keys.dead]
         token = os.urandom(TOKEN_BYTES).hex()
-        return bool(
-            self._retry(keys=[self.processing, self.keys.delayed], args=[body, delay, token])
-        )
+        args: list[Any] = [body, digest(body), max_attempts, retry_base, retry_cap, token, entry]
+        outcome, attempts, delay = self._fail(keys=keys, args=args)
+        verdict = {-1: "gone", 0: "retry", 1: "dead"}[int(outcome)]
+        return verdict, int(attempts), float(delay)
 
     def dead_letter(self, body: bytes, entry: bytes) -> bool:
         """Move the task from the processing list to the dead letters."""
@@ -281,21 +303,31 @@ class ReliableQueue:
         """What this worker's processing list holds (normally nothing between tasks)."""
         return self.client.lrange(self.processing, 0, -1)
 
-    def return_own(self, max_attempts: int, count_attempt: bool) -> Recovered:
+    def return_own(
+        self, max_attempts: int, count_attempt: bool, keep: bytes | None = None
+    ) -> Recovered:
         """Return this worker's own processing list to pending.
 
         At start (`count_attempt=True`) what is there was held when the previous process died,
         so it counts as a failed attempt: a task that kills its worker ends in the dead letters.
         After a lost claim reply (`count_attempt=False`) the task was never seen: no attempt.
+        `keep` is a task this worker holds and will handle (claimed with the last ack).
         """
-        return self._run_recover(self.worker, max_attempts, only_if_dead=False, count=count_attempt)
+        return self._run_recover(
+            self.worker, max_attempts, only_if_dead=False, count=count_attempt, keep=keep
+        )
 
     def recover_worker(self, worker: str, max_attempts: int) -> Recovered:
         """Recover the processing list of `worker` if its heartbeat is gone (atomic)."""
         return self._run_recover(worker, max_attempts, only_if_dead=True, count=True)
 
     def _run_recover(
-        self, worker: str, max_attempts: int, only_if_dead: bool, count: bool
+        self,
+        worker: str,
+        max_attempts: int,
+        only_if_dead: bool,
+        count: bool,
+        keep: bytes | None = None,
     ) -> Recovered:
         keys = [
             self.keys.processing(worker),
@@ -305,7 +337,14 @@ class ReliableQueue:
             self.keys.alive(worker),
             self.keys.workers,
         ]
-        args = [max_attempts, "1" if only_if_dead else "0", "1" if count else "0", worker]
+        args = [
+            max_attempts,
+            "1" if only_if_dead else "0",
+            "1" if count else "0",
+            worker,
+            keep or b"",
+            "1" if keep is not None else "0",
+        ]
         returned, doomed = self._recover(keys=keys, args=args)
         if returned == -1:
             return Recovered(0, [], skipped=True)

@@ -501,6 +501,7 @@ class Reconciliation:
     bad_lines: int = 0
     latency: dict[str, dict[str, Any]] = field(default_factory=dict)
     pubsub_received: int = 0
+    pubsub_seen: dict[int, float] = field(default_factory=dict, repr=False)  # n -> published
     # first successful handling of every done task: when, and its end-to-end latency
     done_at: array = field(default_factory=lambda: array("d"), repr=False)
     done_latency: array = field(default_factory=lambda: array("d"), repr=False)
@@ -509,6 +510,7 @@ class Reconciliation:
         doc = asdict(self)
         doc.pop("done_at")
         doc.pop("done_latency")
+        doc.pop("pubsub_seen")
         doc["lost_count"] = len(self.lost)
         doc["lost"] = self.lost[:100]
         doc["dead_letters_as_designed"] = not self.dead_missing and not self.dead_unexpected
@@ -542,6 +544,8 @@ def reconcile(
     for r in records:
         if r.outcome == "msg":
             messages.add(r.id)
+            with contextlib.suppress(ValueError):
+                rec.pubsub_seen[int(r.id[1:]) - produced.base] = r.enqueued
             continue
         n = produced.index(r.id)
         if n is None:
@@ -606,6 +610,30 @@ def reconcile(
     rec.dead_unexpected = sorted(found - expected)
     rec.pubsub_received = len(messages)
     return rec
+
+
+def pubsub_losses(
+    published: int, seen: dict[int, float], windows: Sequence[Window], margin: float = 3.0
+) -> tuple[dict[str, int], int]:
+    """Lost pub/sub messages (1..published not seen) per fault window, and outside any.
+
+    A lost message's publish time is taken from the last message received before it.
+    """
+    index = WindowIndex(windows)
+    ids = sorted(seen)
+    by_fault: Counter[str] = Counter()
+    outside = 0
+    for n in range(1, published + 1):
+        if n in seen:
+            continue
+        i = bisect.bisect_left(ids, n)
+        neighbour = ids[i - 1] if i > 0 else (ids[i] if i < len(ids) else None)
+        label = None if neighbour is None else index.label_at(seen[neighbour], margin)
+        if label is None:
+            outside += 1
+        else:
+            by_fault[label] += 1
+    return dict(by_fault), outside
 
 
 # ---------------------------------------------------------------------------- leaks, pure
@@ -2216,6 +2244,7 @@ class SoakRun:
         self.leftovers: dict[str, list[int]] = {}
         self.error: str | None = None
         self.extended_by = 0.0
+        self.git = _git_revision()
 
     # -- control ----------------------------------------------------------------------------
     def on_signal(self, signum: int, _frame: Any = None) -> None:
@@ -2306,6 +2335,7 @@ class SoakRun:
                 "skipped_seconds": p.skipped_seconds if p else 0.0,
             },
             timings=asdict(self.timings),
+            git=self.git,
         )
 
     def _make_stack(self) -> Stack:
@@ -2819,6 +2849,7 @@ class RunState:
     leftovers: dict[str, list[int]]
     producer: dict[str, Any]
     timings: dict[str, Any]
+    git: str = ""  # the code under test, taken when the run started
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=1, default=str) + "\n")
@@ -2981,6 +3012,9 @@ def analyze(state: RunState, produced: ProducedSet | None = None) -> dict[str, A
     if failed:
         summary += " -- failed: " + "; ".join(failed)
     published = int(producer.get("published", 0))
+    lost_msgs_by_fault, lost_msgs_outside = pubsub_losses(published, rec.pubsub_seen, windows)
+    if lost_msgs_outside:
+        warnings.append(f"{lost_msgs_outside} pub/sub message(s) lost while no fault was going on")
     restarts_per: dict[str, dict[str, Any]] = {}
     for x in exits:
         row = restarts_per.setdefault(x["process"], {"restarts": 0, "why": Counter()})
@@ -3014,7 +3048,7 @@ def analyze(state: RunState, produced: ProducedSet | None = None) -> dict[str, A
             "interrupted_by": (
                 signal.Signals(state.signal_received).name if state.signal_received else None
             ),
-            "git": _git_revision(),
+            "git": state.git or "unknown",
             "timings": state.timings,
             "id_base": state.base,
         },
@@ -3030,6 +3064,8 @@ def analyze(state: RunState, produced: ProducedSet | None = None) -> dict[str, A
             "publish_errors": producer.get("publish_errors", 0),
             "received": rec.pubsub_received,
             "lost": max(0, published - rec.pubsub_received),
+            "lost_by_fault": lost_msgs_by_fault,
+            "lost_outside_faults": lost_msgs_outside,
             "note": "pub/sub keeps nothing: messages published while the subscriber is cut off "
             "are lost by design (reported, not a failure; use --durable where that matters)",
         },
@@ -3072,6 +3108,12 @@ def _s(value: float | None, unit: str = "s", digits: int = 2) -> str:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.0f} ms" if value < 10 else f"{value:.1f} s"
+
+
+def _during(by_fault: dict[str, int], outside: int) -> str:
+    parts = [f"{n} during {label}" for label, n in by_fault.items()]
+    parts.append(f"{outside} outside any fault")
+    return ", ".join(parts)
 
 
 def render_markdown(doc: dict[str, Any]) -> str:
@@ -3142,7 +3184,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
     ps = doc["pubsub"]
     out += [
         f"Pub/sub: {ps['published']} published, {ps['received']} received, {ps['lost']} lost "
-        f"({ps['heard_by_no_subscriber']} had no subscriber listening). {ps['note']}.",
+        f"({_during(ps.get('lost_by_fault', {}), ps.get('lost_outside_faults', 0))}; "
+        f"{ps['heard_by_no_subscriber']} had no subscriber listening). {ps['note']}.",
         "",
         "## End-to-end latency (handled - enqueued)",
         "",
@@ -3245,8 +3288,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
         "",
         "`report.json` (everything above, machine-readable), `records/` (one line per handling, "
         "written by the handler), `produced.tsv` (every task pushed), `samples.jsonl` (depths, "
-        "RSS, fds), `dead_letters.jsonl`, `plan.json` (the seeded schedule), `var/log/` "
-        "(supervisord, consumers, subscriber, watchdog, Redis, proxy).",
+        "RSS, fds), `dead_letters.jsonl`, `plan.json` (the seeded schedule), `state.json` "
+        "(for `--report-only`), `var/log/` (supervisord, consumers, subscriber, watchdog, "
+        "Redis, proxy).",
         "",
     ]
     return "\n".join(out)

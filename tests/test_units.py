@@ -6,10 +6,7 @@ import base64
 import json
 from typing import Any
 
-from redis.backoff import ExponentialBackoff
-
 from daemon.connection import LinkState, is_transient
-from daemon.consumer import retry_delay
 from daemon.liveness import Snapshot, stall_reason
 from daemon.reliable import dead_letter_body, dead_letter_entry, parse_dead_letter
 
@@ -51,11 +48,6 @@ def test_link_state_logs_each_state_change_once_with_outage_length() -> None:
     assert log.events[-1][1]["outage_seconds"] == 12.5
 
 
-def test_retry_delay_doubles_up_to_the_cap() -> None:
-    policy = ExponentialBackoff(cap=10, base=1)
-    assert [retry_delay(policy, n) for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
-
-
 def test_stall_reason_idle_loop_versus_running_task() -> None:
     assert stall_reason(Snapshot(5, None, None), 60, 300) is None
     assert "stall-timeout" in (stall_reason(Snapshot(61, None, None), 60, 300) or "")
@@ -89,6 +81,10 @@ def test_transient_versus_fatal_errors() -> None:
     assert is_transient(redis.exceptions.BusyLoadingError("LOADING"))
     assert is_transient(redis.ReadOnlyError("READONLY"))
     assert is_transient(redis.ResponseError("UNBLOCKED force unblock"))
+    assert is_transient(redis.exceptions.OutOfMemoryError("command not allowed when used memory"))
+    assert is_transient(redis.ResponseError("BUSY Redis is busy running a script"))
+    assert is_transient(redis.ResponseError("MISCONF Redis is configured to save RDB snapshots"))
+    assert is_transient(redis.ResponseError("NOREPLICAS Not enough good replicas to write"))
     assert not is_transient(redis.AuthenticationError("WRONGPASS"))
     assert not is_transient(redis.ResponseError("unknown command 'BLMOVE'"))
     assert not is_transient(redis.exceptions.NoPermissionError("NOPERM"))
