@@ -212,7 +212,10 @@ def main(args: argparse.Namespace) -> int:
     socket.setdefaulttimeout(RPC_DEADLINE)  # XML-RPC over the unix socket has no deadline
     log = structlog.get_logger("taskd.watchdog")
     if getattr(args, "metrics_port", 0):
-        start_http_server(args.metrics_port, addr="127.0.0.1", registry=REGISTRY)
+        try:
+            start_http_server(args.metrics_port, addr="127.0.0.1", registry=REGISTRY)
+        except OSError as exc:  # watching matters more than being scraped: go on without
+            log.error("watchdog.metrics_unavailable", port=args.metrics_port, error=str(exc))
     environ = dict(os.environ)
 
     def rpc_factory() -> Any:

@@ -26,7 +26,7 @@ def _free_prefix() -> int:
     import socket
 
     for _ in range(200):
-        prefix = random.randint(200, 319)  # below the ephemeral port range
+        prefix = random.randint(300, 319)  # below the ephemeral range, above free_port()'s
         try:
             for n in range(10):
                 with socket.socket() as sock:

@@ -62,10 +62,20 @@ def test_all_programs_reach_running_and_supervisorctl_lists_them(stack: Stack) -
     assert out.count("RUNNING") == len(names), out
     sock = stack.root / "var/run/supervisor.sock"
     assert oct(sock.stat().st_mode & 0o777) == "0o700"
+    # the web producer served by supervisord pushes a task the consumers then handle
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", stack.web_port, timeout=10)
+    conn.request("GET", "/prodcons")
+    assert conn.getresponse().status == 302
+    wait_until(lambda: any(b.isdigit() for b in stack.done_bodies()), 15, "the web task handled")
 
 
 def test_sigstopped_consumer_is_restarted_by_the_outside_watchdog(stack: Stack) -> None:
-    wait_until(lambda: stack.state("watchdog") == "RUNNING", 15, "watchdog RUNNING")
+    try:
+        wait_until(lambda: stack.state("watchdog") == "RUNNING", 15, "watchdog RUNNING")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {stack.states()}") from None
     r = client(stack)
     r.lpush(Q, "slow:2:stuck-task")
     wait_until(lambda: stack.records(), 15, "the task to start")
