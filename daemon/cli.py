@@ -36,8 +36,7 @@ CONNECTION_FIELDS = (
     "log_level",
     "log_format",
 )
-CONSUME_FIELDS = (
-    "queues",
+LOOP_FIELDS = (  # settings of every long-running loop (consume, subscribe)
     "handler",
     "worker_id",
     "stall_timeout",
@@ -52,6 +51,7 @@ CONSUME_FIELDS = (
     "metrics_host",
     "heartbeat_file",
 )
+CONSUME_FIELDS = ("queues", *LOOP_FIELDS)
 EXIT_UNAVAILABLE = 69  # a one-shot command could not reach Redis
 
 HELP_EPILOG = """\
@@ -132,25 +132,7 @@ HELPS = {
     "list reliably instead of the channel (nothing published while down is lost)",
     "web_bind": "HOST:PORT of the web app",
 }
-SUBSCRIBE_FIELDS = (
-    "channels",
-    "patterns",
-    "handler",
-    "worker_id",
-    "ping_interval",
-    "durable",
-    "stall_timeout",
-    "task_timeout",
-    "drain_timeout",
-    "max_attempts",
-    "retry_base",
-    "retry_cap",
-    "heartbeat_ttl",
-    "recovery_interval",
-    "metrics_port",
-    "metrics_host",
-    "heartbeat_file",
-)
+SUBSCRIBE_FIELDS = ("channels", "patterns", "ping_interval", "durable", *LOOP_FIELDS)
 
 
 def _connection_args(parser: argparse.ArgumentParser) -> None:
@@ -320,19 +302,25 @@ def _setup_logging(settings: Settings) -> None:
         )
 
 
-def cmd_consume(args: argparse.Namespace) -> int:
-    """Run the consumer until SIGTERM/SIGINT."""
+def _load_handler(settings: Settings) -> Any:
+    """The --handler function, or ConfigError when it is missing or does not import."""
     from daemon import handlers
-    from daemon.consumer import Consumer
-    from daemon.lifecycle import supervise
 
-    settings = _settings(args)
     if not settings.handler:
         raise ConfigError(
             "--handler is missing: expected module:function (env TASKD_HANDLER), "
             "e.g. --handler daemon.handlers:log"
         )
-    handler = handlers.load(settings.handler)
+    return handlers.load(settings.handler)
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    """Run the consumer until SIGTERM/SIGINT."""
+    from daemon.consumer import Consumer
+    from daemon.lifecycle import supervise
+
+    settings = _settings(args)
+    handler = _load_handler(settings)
     _setup_logging(settings)
     import structlog
 
@@ -343,18 +331,13 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
     """Run the pub/sub subscriber until SIGTERM/SIGINT."""
-    from daemon import handlers, subscriber
+    from daemon import subscriber
 
     settings = _settings(args)
-    if not settings.handler:
-        raise ConfigError(
-            "--handler is missing: expected module:function (env TASKD_HANDLER), "
-            "e.g. --handler daemon.handlers:log"
-        )
+    handler = _load_handler(settings)
     if settings.patterns and args.channels is None and settings.channels == Settings().channels:
         # `--pattern P` alone means the patterns only, not also the default channel
         settings = dataclasses.replace(settings, channels=())
-    handler = handlers.load(settings.handler)
     _setup_logging(settings)
     return subscriber.run(settings, handler)
 
