@@ -3401,7 +3401,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The soak's flags."""
     p = _Parser(
-        prog="soak",
+        prog="taskd soak",
         description="Soak test: the taskd stack under load and scheduled faults, then a verdict "
         "reconciled from records (report.md, report.json, report.png in the run folder).",
         epilog=_EPILOG,
