@@ -179,7 +179,9 @@ class Consumer:
         if self._due("promote", PROMOTE_EVERY, now):
             for queue in self.queues:
                 queue.promote_due()
-        if self._due("recover", s.recovery_interval, now):
+        # Not in the turn that ends an outage: peers get one heartbeat TTL to beat again
+        # first (see _redis_ok), and our own lost claims are reconciled right after it.
+        if self.link.connected and self._due("recover", s.recovery_interval, now):
             self._recover_dead_peers()
             self._reconcile("periodic")
         if any(t <= now for t in self._reconcile_at):
