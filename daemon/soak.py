@@ -46,6 +46,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 from xmlrpc.client import ServerProxy
 
+from daemon.ports import free_port, free_port_block
+
 ROOT = Path(__file__).resolve().parent.parent
 
 EXIT_PASS = 0
@@ -1068,29 +1070,11 @@ def explain_exits(
 
 
 # ---------------------------------------------------------------------------- processes
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now (never 6379)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port != 6379:
-            return port
-
-
-def free_port_block(count: int) -> int:
-    """A prefix P with ports P*100 .. P*100+count-1 free (metrics port base + process number)."""
-    rng = random.Random()
-    for _ in range(300):
-        prefix = rng.randint(200, 600)
-        try:
-            for n in range(count):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", prefix * 100 + n))
-            return prefix
-        except OSError:
-            continue
-    raise StackError(f"no free block of {count} metrics ports")
+def _port_block(count: int) -> int:
+    try:
+        return free_port_block(count)
+    except OSError as exc:
+        raise StackError(str(exc)) from None
 
 
 def _parent_death_hook() -> Callable[[], None] | None:
@@ -1602,7 +1586,7 @@ class OwnedStack(Stack):
             (ROOT / "conf" / "supervisord.conf").read_text(),
             proxy_url=self.proxy_proc.url,
             redis_port=self.redis.port,
-            metrics_prefix=free_port_block(len(self.consumers)),
+            metrics_prefix=_port_block(len(self.consumers)),
             subscriber_metrics=free_port(),
             watchdog_metrics=free_port(),
             web_port=free_port(),

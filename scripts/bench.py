@@ -43,7 +43,6 @@ import platform
 import pstats
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -66,6 +65,7 @@ from daemon import config, handlers, metrics  # noqa: E402
 from daemon.consumer import Consumer  # noqa: E402
 from daemon.keys import QueueKeys  # noqa: E402
 from daemon.logs import configure_logging  # noqa: E402
+from daemon.ports import free_port  # noqa: E402
 from daemon.reliable import ReliableQueue  # noqa: E402
 
 QUEUE = "bench:queue"
@@ -80,16 +80,6 @@ MORE = ("reliable", "pipelined")
 
 
 # -- the redis-server under test -------------------------------------------------------------
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now (never 6379)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port != 6379:
-            return port
-
-
 def redis_version(binary: str) -> str:
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
     return out.stdout.strip() or out.stderr.strip()

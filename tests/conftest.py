@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,24 +19,10 @@ from typing import Any
 import pytest
 import redis
 
+from daemon.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
-
-
-def free_port() -> int:
-    """A TCP port nobody uses right now, below the kernel's ephemeral range (32768+).
-
-    A port the kernel picks for `bind(0)` can be handed out again at once as the local port
-    of some outgoing connection of a parallel test; ports below 32768 never are.
-    """
-    while True:
-        port = random.randrange(20000, 30000)  # 30000-31999: tests/stack.py's metrics ranges
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
 
 
 def wait_until(

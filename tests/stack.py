@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import re
 import shutil
 import signal
@@ -16,25 +15,10 @@ from xmlrpc.client import ServerProxy
 
 from supervisor.xmlrpc import SupervisorTransport
 
-from conftest import ROOT, TESTS, free_port, wait_until
+from conftest import ROOT, TESTS, wait_until
+from daemon.ports import free_port, free_port_block
 
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
-
-
-def _free_prefix() -> int:
-    """A 3-digit prefix P so that ports P00..P09 are free (metrics base + process number)."""
-    import socket
-
-    for _ in range(200):
-        prefix = random.randint(300, 319)  # below the ephemeral range, above free_port()'s
-        try:
-            for n in range(10):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", prefix * 100 + n))
-            return prefix
-        except OSError:
-            continue
-    raise RuntimeError("no free metrics port range")
 
 
 class Stack:
@@ -44,7 +28,7 @@ class Stack:
         self.root = Path(tempfile.mkdtemp(prefix="taskd-stack-"))
         self.redis_port = free_port()
         self.web_port = free_port()
-        self.metrics_prefix = _free_prefix()
+        self.metrics_prefix = free_port_block(10)
         self.subscriber_metrics = free_port()
         self.watchdog_metrics = free_port()
         self.record = self.root / "record.log"

@@ -30,6 +30,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from daemon.chaos_proxy import ChaosProxy  # noqa: E402
+from daemon.ports import free_port  # noqa: E402
 
 SCRIPT = ROOT / "scripts" / "chaos_proxy.py"
 SILENCE_S = 0.3  # how long "nothing arrives" is observed for black-hole checks
@@ -162,12 +163,6 @@ def wait_until(pred: Callable[[], bool], timeout: float = 3.0, what: str = "cond
     while not pred():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict[str, Any]]:
