@@ -394,7 +394,7 @@ class Consumer:
 
     # -- Redis errors -----------------------------------------------------------------------
     def _call(self, operation: Callable[[], T]) -> T:
-        """Run a Redis operation that must happen (ack, retry, dead-letter) until it does.
+        """Run an idempotent Redis operation that must happen (a reconciliation) until it does.
 
         A stop does not interrupt it; the drain timer bounds the whole stop instead.
         """

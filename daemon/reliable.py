@@ -299,10 +299,6 @@ class ReliableQueue:
         pipe.zrem(self.keys.workers, self.worker)
         pipe.execute()
 
-    def held(self) -> list[bytes]:
-        """What this worker's processing list holds (normally nothing between tasks)."""
-        return self.client.lrange(self.processing, 0, -1)
-
     def return_own(
         self, max_attempts: int, count_attempt: bool, keep: bytes | None = None
     ) -> Recovered:
