@@ -20,6 +20,7 @@ from daemon.config import SPECS, ConfigError, Settings, env_name, flag_name
 CONNECTION_FIELDS = (
     "redis_url",
     "redis_password_file",
+    "sentinel_password_file",
     "tls_ca_file",
     "tls_cert_file",
     "tls_key_file",
@@ -50,7 +51,9 @@ LOOP_FIELDS = (  # settings of every long-running loop (consume, subscribe)
     "metrics_port",
     "metrics_host",
     "heartbeat_file",
+    "require_noeviction",
 )
+PRODUCER_FIELDS = ("wait_replicas", "wait_timeout")  # enqueue, publish, web
 CONSUME_FIELDS = ("queues", *LOOP_FIELDS)
 EXIT_UNAVAILABLE = 69  # a one-shot command could not reach Redis
 
@@ -76,6 +79,12 @@ def _positive(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r}: expected seconds > 0")
     return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a TCP port 1-65535, or 0 for none")
+    return int(text)
 
 
 def _positive_int(text: str) -> int:
@@ -131,6 +140,13 @@ HELPS = {
     "durable": "publish: also push onto the channel's durable list; subscribe: consume that "
     "list reliably instead of the channel (nothing published while down is lost)",
     "web_bind": "HOST:PORT of the web app",
+    "sentinel_password_file": "file holding the password of the sentinels themselves (or set "
+    "TASKD_SENTINEL_PASSWORD, or put it in the redis+sentinel:// URL's sentinel_password=)",
+    "require_noeviction": "refuse to start (exit 78) unless Redis's maxmemory-policy is "
+    "noeviction (any other policy can evict queued tasks)",
+    "wait_replicas": "after each push, wait until this many replicas have it (Redis WAIT); "
+    "exit 69 / HTTP 503 when they do not confirm within --wait-timeout (0 = do not wait)",
+    "wait_timeout": "seconds to wait for --wait-replicas to confirm a push",
 }
 SUBSCRIBE_FIELDS = ("channels", "patterns", "ping_interval", "durable", *LOOP_FIELDS)
 
@@ -173,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _connection_args(enqueue)
     _add_setting(enqueue, "queues", "queue to push onto")
+    for name in PRODUCER_FIELDS:
+        _add_setting(enqueue, name, HELPS[name])
     enqueue.add_argument("bodies", nargs="+", metavar="BODY", help="task bodies, or - for stdin")
     enqueue.set_defaults(run=cmd_enqueue)
 
@@ -193,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_args(publish)
     _add_setting(publish, "channels", "channel to publish on")
     _add_setting(publish, "durable", HELPS["durable"])
+    for name in PRODUCER_FIELDS:
+        _add_setting(publish, name, HELPS[name])
     publish.add_argument("bodies", nargs="+", metavar="BODY", help="messages, or - for stdin")
     publish.set_defaults(run=cmd_publish)
 
@@ -208,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_args(dead)
     dead.add_argument("action", choices=("list", "requeue", "purge"))
     _add_setting(dead, "queues", "queue whose dead letters to act on")
-    dead.add_argument("--limit", type=int, default=100, help="how many to list (default 100)")
+    dead.add_argument(
+        "--limit", type=_positive_int, default=100, help="how many to list (default 100)"
+    )
     dead.set_defaults(run=cmd_dead)
 
     watchdog = verbs.add_parser(
@@ -256,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watchdog.add_argument(
         "--metrics-port",
-        type=int,
+        type=_port,
         default=0,
         help="port of the listener's own /metrics (taskd_watchdog_restarts_total; 0 = none)",
     )
@@ -269,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting(web, "channels", "channel that /pubsub publishes on")
     _add_setting(web, "drain_timeout", "seconds in-flight requests may take after SIGTERM")
     _add_setting(web, "durable", HELPS["durable"])
+    for name in PRODUCER_FIELDS:
+        _add_setting(web, name, HELPS[name])
     web.set_defaults(run=cmd_web)
 
     soak = verbs.add_parser(

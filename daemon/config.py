@@ -10,6 +10,7 @@ exit code 78.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import socket
 import tomllib
@@ -35,6 +36,8 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password_file: str = ""  # the password, kept out of command lines and configs
     redis_password: str = field(default="", repr=False)  # from the file or TASKD_REDIS_PASSWORD
+    sentinel_password_file: str = ""  # password of the sentinels themselves (requirepass)
+    sentinel_password: str = field(default="", repr=False)  # file or TASKD_SENTINEL_PASSWORD
     tls_ca_file: str = ""
     tls_cert_file: str = ""
     tls_key_file: str = ""
@@ -70,6 +73,9 @@ class Settings:
     heartbeat_file: str = ""
     log_level: str = "info"
     log_format: str = "auto"
+    require_noeviction: bool = False  # refuse to start unless maxmemory-policy is noeviction
+    wait_replicas: int = 0  # producers: replicas that must confirm each push (WAIT); 0 = none
+    wait_timeout: float = 1.0  # producers: seconds to wait for those replicas
 
     def with_derived(self) -> Settings:
         """Fill in values that default to a function of others (socket timeout, TTL, ...)."""
@@ -97,6 +103,7 @@ class _Spec:
 SPECS: dict[str, _Spec] = {
     "redis_url": _Spec("str", redis_url.EXPECTED),
     "redis_password_file": _Spec("str", "a readable file holding the Redis password"),
+    "sentinel_password_file": _Spec("str", "a readable file holding the Sentinel password"),
     "tls_ca_file": _Spec("str", "a PEM file of the CA that signed the server certificate"),
     "tls_cert_file": _Spec("str", "a PEM client certificate (mutual TLS)"),
     "tls_key_file": _Spec("str", "the PEM key of the client certificate"),
@@ -131,7 +138,12 @@ SPECS: dict[str, _Spec] = {
     "heartbeat_file": _Spec("str", "a file path"),
     "log_level": _Spec("str", "debug, info, warning or error"),
     "log_format": _Spec("str", "auto, json or console"),
+    "require_noeviction": _Spec("bool", "true or false"),
+    "wait_replicas": _Spec("int0", "a whole number of replicas >= 0"),
+    "wait_timeout": _Spec("float", "seconds > 0"),
 }
+# TASKD_* variables that are not settings of their own (secrets and the config file path).
+EXTRA_ENV = ("CONFIG", "REDIS_PASSWORD", "SENTINEL_PASSWORD", "WEB_TOKEN")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
@@ -158,6 +170,12 @@ def _convert(name: str, raw: Any, source: str) -> Any:
         values = tuple(i.strip() for i in items if i.strip())
         if name == "queues" and not values:
             raise ConfigError(f"{where}: expected {spec.expected}")
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise ConfigError(
+                f"{where}: {', '.join(repeated)} given more than once; expected each "
+                "name once (a name served twice runs its tasks twice)"
+            )
         return values
     if spec.kind == "bool":
         if isinstance(raw, bool):
@@ -236,7 +254,11 @@ def load(
     for name, raw in flags.items():
         if raw is not None and name in SPECS:
             values[name] = _convert(name, raw, flag_name(name))
-    values["redis_password"] = _password(values.get("redis_password_file", ""), env)
+    _check_unknown_env(env)
+    values["redis_password"] = _secret(values.get("redis_password_file", ""), "redis", env)
+    values["sentinel_password"] = _secret(
+        values.get("sentinel_password_file", ""), "sentinel", env
+    )
     values["web_token"] = env.get(ENV_PREFIX + "WEB_TOKEN", "")
     settings = Settings(**values)
     if not settings.worker_id:
@@ -244,21 +266,42 @@ def load(
     return settings.with_derived().validate()
 
 
-def _password(path: str, env: Mapping[str, str]) -> str:
-    """The Redis password from --redis-password-file, else TASKD_REDIS_PASSWORD, else none."""
+def known_env_names() -> list[str]:
+    """Every TASKD_* variable taskd reads."""
+    return [env_name(n) for n in SPECS] + [ENV_PREFIX + n for n in EXTRA_ENV]
+
+
+def _check_unknown_env(env: Mapping[str, str]) -> None:
+    """A misspelled TASKD_* variable is an error, not a setting silently left at its default."""
+    known = set(known_env_names())
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(
+                f"environment variable {name}: not a taskd setting{hint} "
+                "(taskd --help lists the TASKD_* names)"
+            )
+
+
+def _secret(path: str, which: str, env: Mapping[str, str]) -> str:
+    """A password from --<which>-password-file, else TASKD_<WHICH>_PASSWORD, else none."""
+    flag = f"--{which}-password-file"
     if path:
         try:
             with open(path, encoding="utf-8") as handle:
                 secret = handle.read().strip()
         except OSError as exc:
             raise ConfigError(
-                f"--redis-password-file={path!r}: cannot read ({exc.strerror}); "
+                f"{flag}={path!r}: cannot read ({exc.strerror}); "
                 "expected a readable file holding the password"
             ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{flag}={path!r}: expected a UTF-8 text file") from None
         if not secret:
-            raise ConfigError(f"--redis-password-file={path!r}: the file is empty")
+            raise ConfigError(f"{flag}={path!r}: the file is empty")
         return secret
-    return env.get(ENV_PREFIX + "REDIS_PASSWORD", "")
+    return env.get(f"{ENV_PREFIX}{which.upper()}_PASSWORD", "")
 
 
 def _validate(s: Settings) -> None:

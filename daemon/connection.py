@@ -232,6 +232,10 @@ class LinkState:
     down_since: float | None = None
     reconnects: int = 0
     listeners: list[Callable[[bool], None]] = field(default_factory=list)
+    # Reachable but refusing writes for a reason of its own (e.g. "out of memory"); "" = none.
+    refusing: str = ""
+    # maxmemory-policy read after the last (re)connect; "" = not known yet.
+    eviction_policy: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def failed(self, exc: BaseException) -> float:

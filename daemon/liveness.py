@@ -49,10 +49,27 @@ class Progress:
         # (description, start) of the running task, replaced as a whole: one attribute
         # store is atomic for readers in other threads, so the hot path takes no lock
         self._task: tuple[str, float] | None = None
+        # Work clock (for /healthz): a task claimed or settled, or a claim that found the
+        # queue empty. Failed Redis retries turn the loop but do no work: they do not count.
+        self._last_work = self._last
+        # Helper threads (task heartbeat, HTTP server) that died: name -> error
+        self.dead_helpers: dict[str, str] = {}
 
     def mark(self) -> None:
         """The loop turned: it is not stuck."""
         self._last = self._clock()
+
+    def work_done(self) -> None:
+        """Work got done (a claim, an ack, a failure settled) or there was none to do."""
+        self._last_work = self._clock()
+
+    def since_work(self) -> float:
+        """Seconds since work was last done (or found absent)."""
+        return self._clock() - self._last_work
+
+    def helper_died(self, name: str, error: str) -> None:
+        """A helper thread ended by an unexpected exception: /healthz fails from now on."""
+        self.dead_helpers[name] = error
 
     def task_started(self, description: str) -> None:
         self._task = (description, self._clock())

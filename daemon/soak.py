@@ -1605,7 +1605,7 @@ class OwnedStack(Stack):
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
         env.update(self.timings.env())
         env["PYTHONPATH"] = str(ROOT)
-        env["TASKD_SOAK_RECORDS"] = str(self.records_dir)
+        env["SOAK_RECORDS_DIR"] = str(self.records_dir)
         self.supervisord = spawn(
             [str(bin_dir / "supervisord"), "-n", "-c", str(self.conf)],
             self.log_dir / "supervisord.stdout.log",
@@ -1665,7 +1665,7 @@ class AttachedStack(Stack):
 
     Expects: supervisord reachable through the [supervisorctl] serverurl of `--supervisor-conf`,
     a `consumer` group whose processes run `--handler daemon.soak_handler:handle` with
-    TASKD_SOAK_RECORDS=<--records-dir> (and the soak timings, see docs/soak.md), `--redis-url`
+    SOAK_RECORDS_DIR=<--records-dir> (and the soak timings, see docs/soak.md), `--redis-url`
     the Redis they consume. Proxy faults need `--proxy-control`; Redis faults need a
     [program:redis] in that supervisord (killed by pid, restarted by supervisord).
     """
@@ -3371,7 +3371,7 @@ as designed, no leak slope, every restart explained), 1 FAIL, 69 the stack could
 78 bad flags, 130/143 interrupted (SIGINT/SIGTERM; processes stopped, report written).
 
 --attach expects a running supervisord stack (see docs/soak.md): its consumers run
---handler daemon.soak_handler:handle with TASKD_SOAK_RECORDS=<--records-dir> and the soak
+--handler daemon.soak_handler:handle with SOAK_RECORDS_DIR=<--records-dir> and the soak
 timings; --redis-url is the Redis they consume (the producer pushes there directly);
 proxy faults need --proxy-control, Redis faults a [program:redis] in that supervisord.
 """
@@ -3412,7 +3412,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--supervisor-conf", help="with --attach: the stack's supervisord conf")
     p.add_argument("--redis-url", help="with --attach: the Redis the stack consumes")
-    p.add_argument("--records-dir", help="with --attach: the stack's TASKD_SOAK_RECORDS folder")
+    p.add_argument("--records-dir", help="with --attach: the stack's SOAK_RECORDS_DIR folder")
     p.add_argument(
         "--proxy-control",
         help="with --attach: HOST:PORT of the chaos proxy's "

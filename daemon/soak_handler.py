@@ -7,7 +7,7 @@ pub/sub message is ``{"p": 4, "t": <publish unix time>}``. Each handling appends
     <id> <enqueued> <handled> <pid> <worker> <outcome>
 
 (``id`` is ``p<n>`` for a pub/sub message) with one O_APPEND write to
-``$TASKD_SOAK_RECORDS/<worker>.<pid>.rec``, so lines of concurrent processes never interleave
+``$SOAK_RECORDS_DIR/<worker>.<pid>.rec``, so lines of concurrent processes never interleave
 and a kill -9 loses nothing that was written. ``worker`` is ``$SUPERVISOR_PROCESS_NAME``.
 The record is written before the handler returns: a task acked is a task recorded, and a task
 recorded but not acked (the worker died in between) runs again and shows up as a duplicate.
@@ -24,7 +24,7 @@ import os
 import time
 from typing import Any
 
-RECORDS_ENV = "TASKD_SOAK_RECORDS"
+RECORDS_ENV = "SOAK_RECORDS_DIR"
 LOSSY_EVERY = 100  # handle_lossy drops the tasks whose id is a multiple of this
 
 _fd: int | None = None

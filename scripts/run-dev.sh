@@ -3,7 +3,7 @@
 # tasks, and one consumer with the `log` handler in the foreground. Ctrl-C stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PORT=${TASKD_DEV_REDIS_PORT:-16379}
+PORT=${DEV_REDIS_PORT:-16379}
 mkdir -p var/redis var/run var/log
 export TASKD_REDIS_URL="redis://127.0.0.1:${PORT}/0"
 

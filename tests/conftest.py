@@ -191,7 +191,7 @@ class DaemonFactory:
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
         env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT)])
-        env["TASKD_TEST_RECORD"] = str(self.record)
+        env["TEST_HANDLER_RECORD"] = str(self.record)
         env["TASKD_LOG_FORMAT"] = "json"
         env.update(extra)
         return env

@@ -1,4 +1,4 @@
-"""Handlers used by the tests' taskd subprocesses. They record to $TASKD_TEST_RECORD.
+"""Handlers used by the tests' taskd subprocesses. They record to $TEST_HANDLER_RECORD.
 
 Body grammar: ``name`` succeeds at once; ``slow:<seconds>:name`` sleeps first;
 ``fail:name`` always raises; ``hang:name`` sleeps forever; ``crash:name`` kills the process.
@@ -13,7 +13,7 @@ import time
 
 def _write(phase: str, body: bytes) -> None:
     line = f"{os.getpid()} {phase} {body.decode('utf-8', 'replace')}\n".encode()
-    fd = os.open(os.environ["TASKD_TEST_RECORD"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(os.environ["TEST_HANDLER_RECORD"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)
     finally:

@@ -51,7 +51,7 @@ class Stack:
         self.env.update(
             {
                 "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]),
-                "TASKD_TEST_RECORD": str(self.record),
+                "TEST_HANDLER_RECORD": str(self.record),
                 **env,
             }
         )
