@@ -34,6 +34,11 @@ TASKS_DEAD_LETTERED = Counter(
 TASKS_RECOVERED = Counter(
     "taskd_tasks_recovered", "Tasks taken back from a dead or restarted worker", _QUEUE
 )
+TASKS_DONE_BUT_RECOVERED = Counter(
+    "taskd_tasks_done_but_recovered",
+    "Tasks handled successfully after a peer had already recovered them (they may run twice)",
+    _QUEUE,
+)
 TASK_DURATION = Histogram(
     "taskd_task_duration_seconds",
     "Handler run time",
@@ -50,6 +55,17 @@ LAST_SUCCESS = Gauge(
 REDIS_CONNECTED = Gauge("taskd_redis_connected", "1 while Redis answers, else 0")
 REDIS_RECONNECTS = Counter("taskd_redis_reconnects", "Outages of Redis that ended")
 REDIS_ERRORS = Counter("taskd_redis_errors", "Failed Redis calls", ["kind"])
+REDIS_OUT_OF_MEMORY = Gauge(
+    "taskd_redis_out_of_memory", "1 while Redis refuses writes because maxmemory is reached"
+)
+REDIS_EVICTION_POLICY = Gauge(
+    "taskd_redis_eviction_policy",
+    "1 for Redis's maxmemory-policy as last read (anything but noeviction can lose tasks)",
+    ["policy"],
+)
+HELPER_THREAD_DEATHS = Counter(
+    "taskd_helper_thread_deaths", "Helper threads (task heartbeat, HTTP) that died", ["thread"]
+)
 BUILD_INFO = Info("taskd_build", "taskd build information")
 BUILD_INFO.info({"version": __version__})
 
@@ -64,6 +80,7 @@ def preexport(queues: tuple[str, ...]) -> None:
             TASKS_RETRIED,
             TASKS_DEAD_LETTERED,
             TASKS_RECOVERED,
+            TASKS_DONE_BUT_RECOVERED,
         ):
             counter.labels(queue=queue)
         TASK_DURATION.labels(queue=queue)
@@ -120,6 +137,7 @@ class QueueMetrics:
         self.retried = TASKS_RETRIED.labels(queue=queue)
         self.dead_lettered = TASKS_DEAD_LETTERED.labels(queue=queue)
         self.recovered = TASKS_RECOVERED.labels(queue=queue)
+        self.done_but_recovered = TASKS_DONE_BUT_RECOVERED.labels(queue=queue)
         self.duration = TASK_DURATION.labels(queue=queue)
         self.in_progress = TASKS_IN_PROGRESS.labels(queue=queue)
         self.last_success = LAST_SUCCESS.labels(queue=queue)
