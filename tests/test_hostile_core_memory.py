@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from conftest import RedisServer
-
 from daemon.memory import consequence, eviction_policy
 
 
