@@ -16,7 +16,7 @@ from typing import Any
 from daemon import exitcodes, metrics
 from daemon.config import Settings
 from daemon.connection import LinkState
-from daemon.liveness import Progress, StallWatchdog
+from daemon.liveness import Progress, StallWatchdog, enable_stack_dumps
 
 
 class GracefulStop:
@@ -69,7 +69,12 @@ def supervise(
     loop: Callable[[], int],
     log: Any,
 ) -> int:
-    """Run `loop` with the metrics server, the stall watchdog and the signal handlers."""
+    """Run `loop` with the metrics server, the stall watchdog and the signal handlers.
+
+    Stack dumps first: from here on SIGABRT (the outside watchdog) dumps every thread's stack
+    to stderr and leaves no core file.
+    """
+    enable_stack_dumps()
     metrics.track_progress(progress)
     if settings.metrics_port:
         from daemon.http import serve_metrics

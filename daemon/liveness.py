@@ -1,18 +1,27 @@
-"""Progress clock and the in-process stall watchdog.
+"""Progress clock, the in-process stall watchdog, and guarded helper threads.
 
 The loop marks progress on every turn, idle turns included; a handler run marks nothing but
 is timed by --task-timeout instead. A watchdog thread compares both clocks with their limits
-(`stall_reason`, pure) and, when one is passed, logs `watchdog.stall` with the stacks of all
-threads and exits the process with code 70: the task stays claimed, so it is recovered and
-counted as a failed attempt. The same thread writes a heartbeat file for outside observers
-(the supervisord watchdog): a process frozen as a whole stops writing it.
+(`stall_reason`, pure) and, when one is passed, arms the exit, writes `watchdog.stall` with
+the stacks of all threads (bounded, non-blocking writes: a blocked stdout cannot hold the exit
+back) and exits the process with code 70: the task stays claimed, so it is recovered and
+counted as a failed attempt. The same thread writes a heartbeat file with a sequence number
+for outside observers (the supervisord watchdog): a process frozen as a whole stops changing it.
+
+Helper threads run their body under `run_guarded` (or as a `GuardedThread`): a death is
+counted, reported to `Progress.helper_died` (so /healthz fails) and logged as `thread.died`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import faulthandler
 import json
+import logging
 import os
+import resource
+import select
 import sys
 import threading
 import time
@@ -21,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from daemon import exitcodes
+from daemon import exitcodes, metrics, redis_url
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,57 @@ def stall_reason(snap: Snapshot, stall_timeout: float, task_timeout: float) -> s
     return None
 
 
+def run_guarded(
+    name: str, target: Callable[[], object], progress: Progress | None, log: Any
+) -> None:
+    """Run `target` (a helper thread's body) so that its death is noticed, never silent.
+
+    Any BaseException, SystemExit and KeyboardInterrupt included (a thread swallows those
+    without a word), is recorded first, where no write can block it: counted in
+    taskd_helper_thread_deaths_total{thread=name} and reported to `progress.helper_died`
+    (/healthz fails from then on). Then `thread.died` is logged with the traceback, and the
+    thread ends. A normal return is not a death.
+    """
+    try:
+        target()
+    except BaseException as exc:  # noqa: BLE001 - the point is to catch everything
+        error = f"{type(exc).__name__}: {exc}"
+        metrics.HELPER_THREAD_DEATHS.labels(thread=name).inc()
+        if progress is not None:
+            progress.helper_died(name, error)
+        with contextlib.suppress(BaseException):  # a broken log must not hide the death
+            log.critical("thread.died", thread=name, error=error, traceback=traceback.format_exc())
+
+
+class GuardedThread(threading.Thread):
+    """A daemon helper thread run under `run_guarded`: put its work in `body()` (or pass target).
+
+    The thread is named ``taskd-<name>``; `name` is the metric label and the key in
+    `Progress.dead_helpers`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        progress: Progress | None,
+        log: Any,
+        target: Callable[[], object] | None = None,
+    ) -> None:
+        super().__init__(name=f"taskd-{name}", daemon=True)
+        self.helper = name
+        self.progress = progress
+        self.log = log
+        self._body_target = target
+
+    def run(self) -> None:
+        run_guarded(self.helper, self.body, self.progress, self.log)
+
+    def body(self) -> None:
+        """The thread's work; the default runs the `target` given to the constructor."""
+        if self._body_target is not None:
+            self._body_target()
+
+
 def all_stacks() -> str:
     """The Python stacks of every thread, for the stall log line."""
     names = {t.ident: t.name for t in threading.enumerate()}
@@ -128,14 +188,158 @@ def read_heartbeat_file(path: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+LAST_WORDS_DEADLINE = 2.0  # seconds the dying watchdog may spend writing; the exit comes anyway
+LAST_WORDS_BUDGET = 64 * 1024  # bytes it may write per stream (the stacks are cut to fit)
+
+
 def _exit_stalled() -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
+    """Exit 70 at once: no flush, since a flush to a blocked stdout would never return."""
     os._exit(exitcodes.STALLED)
 
 
-class StallWatchdog(threading.Thread):
-    """Daemon thread: fires once when the loop is stuck; writes the heartbeat file."""
+def enable_stack_dumps() -> None:
+    """Make SIGABRT (the outside watchdog), SIGSEGV and friends dump every thread's stack.
+
+    faulthandler writes the Python stacks of all threads to stderr, then the signal's default
+    action ends the process. RLIMIT_CORE is set to 0 first: a core file of a task consumer holds
+    task bodies and secrets and can fill the disk; the stack dump is the post-mortem instead.
+    Call it early in every long-running process (consume, subscribe, watchdog, web).
+    """
+    with contextlib.suppress(ValueError, OSError):  # a hard limit we may not lower: keep going
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    with contextlib.suppress(ValueError, OSError, AttributeError):  # stderr closed or not a file
+        faulthandler.enable(file=sys.stderr, all_threads=True)
+
+
+def bounded_write(fd: int, data: bytes, deadline: float, budget: int = LAST_WORDS_BUDGET) -> int:
+    """Write at most `budget` bytes of `data` to `fd` before monotonic `deadline`; never block.
+
+    poll() says when `fd` takes more, and each write is at most PIPE_BUF bytes, which a pipe
+    that poll() calls writable takes whole: a pipe nobody reads, a stopped terminal or a full
+    disk cost at most the deadline. The fd's flags are left alone (they are shared with other
+    processes). Returns the number of bytes written; an error just ends the writing.
+    """
+    data = data[:budget]
+    written = 0
+    poller = select.poll()
+    try:
+        poller.register(fd, select.POLLOUT)
+    except (OSError, ValueError):
+        return 0
+    while written < len(data):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            events = poller.poll(max(1, int(left * 1000)))
+        except OSError:
+            break
+        if not events or events[0][1] & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+            break
+        try:
+            written += os.write(fd, data[written : written + select.PIPE_BUF])
+        except BlockingIOError:
+            continue
+        except OSError:
+            break
+    return written
+
+
+def log_fd() -> int:
+    """The fd the process logs to (the root handler's stream), for writes that bypass logging."""
+    for handler in logging.getLogger().handlers:
+        stream = getattr(handler, "stream", None)
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            return int(stream.fileno())  # type: ignore[union-attr]
+    return 1
+
+
+def _same_file(fd_a: int, fd_b: int) -> bool:
+    try:
+        a, b = os.fstat(fd_a), os.fstat(fd_b)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def json_log_line(level: str, event: str, logger: str = "taskd", **fields: Any) -> bytes:
+    """One log line as the JSON renderer would write it, built without the logging machinery."""
+    head = {
+        "timestamp": datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z"),
+        "level": level,
+        "event": event,
+        "logger": logger,
+    }
+    body = {**head, **fields}
+    for key, value in body.items():  # same last line of defence as the logging pipeline
+        if isinstance(value, str) and "://" in value and "@" in value:
+            body[key] = redis_url.redact(value)
+    return (json.dumps(body, default=str) + "\n").encode("utf-8", "backslashreplace")
+
+
+def last_words(
+    event: str,
+    fields: dict[str, Any],
+    stacks: str,
+    deadline: float,
+    budget: int = LAST_WORDS_BUDGET,
+) -> None:
+    """The final log line (with `stacks`, cut to fit `budget`) and the stacks on stderr.
+
+    Every write is a `bounded_write`: when stdout or stderr is blocked the words are lost,
+    never the exit that follows. The plain-text stacks go to stderr only when it is not the
+    log stream itself (supervisord's redirect_stderr, 2>&1), so they are not written twice.
+    """
+    fd = log_fd()
+    room = max(0, budget - 4096)  # what the other fields leave for the stacks
+    cut = stacks if len(stacks) <= room else stacks[:room] + "\n[stacks cut at the byte budget]"
+    line = json_log_line("critical", event, **fields, stacks=cut)
+    bounded_write(fd, line, deadline, budget)
+    if not _same_file(fd, 2):
+        bounded_write(2, (stacks + "\n").encode("utf-8", "backslashreplace"), deadline, budget)
+
+
+class _OneShot:
+    """Calls `action` once, from whichever thread gets there first."""
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        self._action = action
+        self._lock = threading.Lock()
+        self._done = False
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        self._action()
+
+
+def arm_exit(action: Callable[[], None], after: float) -> threading.Thread:
+    """Arrange `action` (the exit) to run in `after` seconds from its own thread, come what may.
+
+    Started before any last words are written: if a write blocks in spite of poll() (a hung
+    NFS file, a C library holding a lock), this thread still ends the process.
+    """
+
+    def fire() -> None:
+        time.sleep(after)
+        action()
+
+    thread = threading.Thread(target=fire, name="taskd-exit", daemon=True)
+    thread.start()
+    return thread
+
+
+class StallWatchdog(GuardedThread):
+    """Helper thread: fires once when the loop is stuck; writes the heartbeat file.
+
+    It never calls the logger: a logging call blocks when stdout does (a log pipe nobody
+    reads, a full disk), and the watchdog must exit 70 regardless. Its lines are written with
+    `bounded_write`, after the exit is armed. It runs guarded: if it dies, `thread.died` is
+    logged, `/healthz` fails (Progress.dead_helpers) and the heartbeat file stops changing, so
+    the outside watchdog restarts the process; the running task is not cut short by the bug.
+    """
 
     def __init__(
         self,
@@ -146,40 +350,51 @@ class StallWatchdog(threading.Thread):
         heartbeat_file: str = "",
         interval: float = 1.0,
         on_stall: Callable[[], None] = _exit_stalled,
+        last_words_deadline: float = LAST_WORDS_DEADLINE,
     ) -> None:
-        super().__init__(name="taskd-watchdog", daemon=True)
-        self.progress = progress
+        super().__init__("watchdog", progress, log)
         self.stall_timeout = stall_timeout
         self.task_timeout = task_timeout
-        self.log = log
         self.heartbeat_file = heartbeat_file
         self.interval = interval
-        self.on_stall = on_stall
+        self.on_stall = _OneShot(on_stall)
+        self.last_words_deadline = last_words_deadline
         self.stopped = threading.Event()
+        self.seq = 0  # heartbeat file counter: the outside watchdog judges change, not time
+        self._heartbeat_error = ""  # the error being reported, so it is logged once
 
     def stop(self) -> None:
         self.stopped.set()
 
-    def run(self) -> None:
+    def body(self) -> None:
+        assert self.progress is not None
         if self.heartbeat_file:  # at once: the outside watchdog must never see a gap
             self._write_heartbeat(self.progress.snapshot())
         while not self.stopped.wait(self.interval):
             snap = self.progress.snapshot()
-            if self.heartbeat_file:
-                self._write_heartbeat(snap)
             reason = stall_reason(snap, self.stall_timeout, self.task_timeout)
             if reason:
-                self.log.critical(
-                    "watchdog.stall", reason=reason, **snap.as_dict(), stacks=all_stacks()
-                )
-                faulthandler.dump_traceback(all_threads=True)
-                self.on_stall()
+                self.fire(reason, snap)
                 return
+            if self.heartbeat_file:
+                self._write_heartbeat(snap)
+
+    def fire(self, reason: str, snap: Snapshot) -> None:
+        """Exit 70: armed first, then the last words within the deadline, then the exit."""
+        arm_exit(self.on_stall, self.last_words_deadline)
+        deadline = time.monotonic() + self.last_words_deadline * 0.9
+        with contextlib.suppress(Exception):  # nothing here may stand between us and the exit
+            last_words(
+                "watchdog.stall", {"reason": reason, **snap.as_dict()}, all_stacks(), deadline
+            )
+        self.on_stall()
 
     def _write_heartbeat(self, snap: Snapshot) -> None:
+        self.seq += 1
         data = {
             "pid": os.getpid(),
-            "time": time.time(),
+            "seq": self.seq,
+            "time": time.time(),  # for people; the outside watchdog does not trust it
             "stall_timeout": self.stall_timeout,
             "task_timeout": self.task_timeout,
             **snap.as_dict(),
@@ -187,4 +402,19 @@ class StallWatchdog(threading.Thread):
         try:
             write_heartbeat_file(self.heartbeat_file, data)
         except OSError as exc:
-            self.log.warning("heartbeat_file.error", path=self.heartbeat_file, error=str(exc))
+            self._note_heartbeat_error(str(exc))
+        else:
+            self._note_heartbeat_error("")
+
+    def _note_heartbeat_error(self, error: str) -> None:
+        """Log a heartbeat-file error once (and its end), bounded: a full disk must not block."""
+        if error == self._heartbeat_error:
+            return
+        self._heartbeat_error = error
+        fields = {"path": self.heartbeat_file}
+        line = (
+            json_log_line("warning", "heartbeat_file.error", **fields, error=error)
+            if error
+            else json_log_line("info", "heartbeat_file.ok", **fields)
+        )
+        bounded_write(log_fd(), line, time.monotonic() + 0.5)
