@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, BinaryIO, NoReturn
 
 import redis
 
@@ -55,7 +56,8 @@ LOOP_FIELDS = (  # settings of every long-running loop (consume, subscribe)
 )
 PRODUCER_FIELDS = ("wait_replicas", "wait_timeout")  # enqueue, publish, web
 CONSUME_FIELDS = ("queues", *LOOP_FIELDS)
-EXIT_UNAVAILABLE = 69  # a one-shot command could not reach Redis
+EXIT_UNAVAILABLE = 69  # a one-shot command could not reach Redis (or replicas did not confirm)
+EXIT_IO = 74  # a producer could not read its input (EX_IOERR)
 
 HELP_EPILOG = """\
 Every flag has an environment twin: --block-timeout is TASKD_BLOCK_TIMEOUT, --queue is
@@ -140,6 +142,8 @@ HELPS = {
     "durable": "publish: also push onto the channel's durable list; subscribe: consume that "
     "list reliably instead of the channel (nothing published while down is lost)",
     "web_bind": "HOST:PORT of the web app",
+    "web_allowed_hosts": "a Host name the web app answers to besides its --bind address "
+    "(name, or name:port); repeat for several (a reverse proxy's public name, a DNS name)",
     "sentinel_password_file": "file holding the password of the sentinels themselves (or set "
     "TASKD_SENTINEL_PASSWORD, or put it in the redis+sentinel:// URL's sentinel_password=)",
     "require_noeviction": "refuse to start (exit 78) unless Redis's maxmemory-policy is "
@@ -287,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     web = verbs.add_parser("web", help="serve the web producer (Flask app under gunicorn)")
     _connection_args(web)
     _add_setting(web, "web_bind", HELPS["web_bind"])
+    _add_setting(web, "web_allowed_hosts", HELPS["web_allowed_hosts"])
     _add_setting(web, "queues", "queue that /prodcons pushes onto")
     _add_setting(web, "channels", "channel that /pubsub publishes on")
     _add_setting(web, "drain_timeout", "seconds in-flight requests may take after SIGTERM")
@@ -389,10 +394,72 @@ def cmd_soak(args: argparse.Namespace) -> int:
     return soak.main(args.soak_args)
 
 
-def _bodies(raw: Sequence[str]) -> list[str]:
+def _stdin_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of each non-empty line, without its line ending (LF or CRLF).
+
+    Read as bytes: a body is whatever bytes the line holds, UTF-8 or not.
+    """
+    for number, line in enumerate(stream, 1):
+        if line.endswith(b"\r\n"):
+            line = line[:-2]
+        elif line.endswith(b"\n"):
+            line = line[:-1]
+        if line:
+            yield number, line
+
+
+def _bodies(raw: Sequence[str]) -> Iterator[tuple[int, bytes]]:
+    """(position, body) of each BODY argument, or of each stdin line for `-`.
+
+    Arguments are turned back into the bytes given (os.fsencode undoes the surrogate escapes
+    Python uses for non-UTF-8 argv), so they are pushed exactly as typed too.
+    """
     if list(raw) == ["-"]:
-        return [line.rstrip("\n") for line in sys.stdin if line.rstrip("\n")]
-    return list(raw)
+        return _stdin_lines(sys.stdin.buffer)
+    return enumerate((os.fsencode(body) for body in raw), 1)
+
+
+class _Positions:
+    """Remembers the position of each body handed out, to name the one where a push stopped."""
+
+    def __init__(self, items: Iterable[tuple[int, bytes]]) -> None:
+        self.items = items
+        self.numbers: list[int] = []
+
+    def __iter__(self) -> Iterator[bytes]:
+        for number, body in self.items:
+            self.numbers.append(number)
+            yield body
+
+    def at(self, index: int) -> int:
+        """Position of the body with this index (the next one to read, past the end)."""
+        if index < len(self.numbers):
+            return self.numbers[index]
+        return (self.numbers[-1] if self.numbers else 0) + 1
+
+
+def _producer_settings(settings: Settings) -> Settings:
+    """`settings` with a socket timeout that outlasts a WAIT of --wait-timeout."""
+    if not settings.wait_replicas:
+        return settings
+    needed = settings.wait_timeout + settings.connect_timeout
+    return dataclasses.replace(settings, socket_timeout=max(settings.socket_timeout, needed))
+
+
+def _stopped(error: BaseException, url: str) -> tuple[int, str]:
+    """(exit code, reason) for a producer that stopped on `error`."""
+    from daemon.connection import fatal_reason, is_transient
+    from daemon.producer import ReplicasNotConfirmed
+
+    if isinstance(error, ReplicasNotConfirmed):
+        return EXIT_UNAVAILABLE, str(error)
+    if isinstance(error, redis.RedisError):
+        if is_transient(error):
+            return EXIT_UNAVAILABLE, f"redis unreachable ({error})"
+        return exitcodes.CONFIG, fatal_reason(error, url)
+    if isinstance(error, OSError):
+        return EXIT_IO, f"cannot read the input ({error.strerror or error})"
+    raise error
 
 
 def _client(settings: Settings) -> Any:
@@ -402,27 +469,75 @@ def _client(settings: Settings) -> Any:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    """Push tasks; prints how many and the queue."""
-    from daemon.producer import enqueue_many
+    """Push tasks; prints how many and the queue, also when it stops part-way."""
+    from daemon.producer import PushStopped, ReplicasNotConfirmed, enqueue_many
 
-    settings = _settings(args)
+    settings = _producer_settings(_settings(args))
     queue = settings.queues[0]
-    pushed = enqueue_many(_client(settings), queue, _bodies(args.bodies))
+    positions = _Positions(_bodies(args.bodies))
+    where = "line" if list(args.bodies) == ["-"] else "BODY"
+    try:
+        pushed = enqueue_many(
+            _client(settings), queue, positions, settings.wait_replicas, settings.wait_timeout
+        )
+    except PushStopped as stop:
+        code, reason = _stopped(stop.cause, settings.redis_url)
+        if isinstance(stop.cause, ReplicasNotConfirmed):
+            print(
+                f"taskd enqueue: error: pushed {stop.pushed} task(s) onto {queue}, but "
+                f"{reason}; stopped there",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"taskd enqueue: error: stopped at {where} {positions.at(stop.pushed)}: "
+                f"{reason}; pushed {stop.pushed} task(s) onto {queue} before it",
+                file=sys.stderr,
+            )
+        return code
     print(f"enqueued {pushed} task(s) on {queue}")
     return exitcodes.OK
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
     """Publish messages; warns when nobody was listening (pub/sub keeps nothing)."""
-    from daemon.producer import publish
+    from daemon.producer import ReplicasNotConfirmed, publish
 
-    settings = _settings(args)
+    settings = _producer_settings(_settings(args))
     channel = settings.channels[0]
     client = _client(settings)
-    bodies = _bodies(args.bodies)
-    receivers = [publish(client, channel, body, durable=settings.durable) for body in bodies]
-    print(f"published {len(bodies)} message(s) on {channel}")
-    if bodies and not any(receivers):
+    sent = listened = current = done = 0
+    where = "line" if list(args.bodies) == ["-"] else "BODY"
+    try:
+        for current, body in _bodies(args.bodies):
+            receivers = publish(
+                client,
+                channel,
+                body,
+                durable=settings.durable,
+                wait_replicas=settings.wait_replicas,
+                wait_timeout=settings.wait_timeout,
+            )
+            sent, done = sent + 1, current
+            listened += receivers > 0
+    except ReplicasNotConfirmed as exc:
+        print(
+            f"taskd publish: error: published {sent + 1} message(s) on {channel}, but {exc}; "
+            "stopped there",
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
+    except (redis.RedisError, OSError) as exc:
+        code, reason = _stopped(exc, settings.redis_url)
+        at = current if current > done else done + 1
+        print(
+            f"taskd publish: error: stopped at {where} {at}: {reason}; "
+            f"published {sent} message(s) on {channel} before it",
+            file=sys.stderr,
+        )
+        return code
+    print(f"published {sent} message(s) on {channel}")
+    if sent and not listened:
         print("warning: no subscriber was listening; pub/sub keeps nothing", file=sys.stderr)
     return exitcodes.OK
 

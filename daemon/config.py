@@ -68,6 +68,7 @@ class Settings:
     durable: bool = False  # publish/subscribe: also use the durable list of each channel
     web_bind: str = "127.0.0.1:8000"
     web_token: str = field(default="", repr=False)  # TASKD_WEB_TOKEN: bearer token of /api/*
+    web_allowed_hosts: tuple[str, ...] = ()  # Host names the web app answers besides its bind
     metrics_port: int = 0  # 0 = no metrics server
     metrics_host: str = "127.0.0.1"
     heartbeat_file: str = ""
@@ -133,6 +134,7 @@ SPECS: dict[str, _Spec] = {
     "ping_interval": _Spec("float", "seconds > 0"),
     "durable": _Spec("bool", "true or false"),
     "web_bind": _Spec("str", "HOST:PORT to serve the web app on"),
+    "web_allowed_hosts": _Spec("list", "host names (name or name:port, * for any) of the web app"),
     "metrics_port": _Spec("int0", "a TCP port 1-65535, or 0 for none"),
     "metrics_host": _Spec("str", "an address to bind, e.g. 127.0.0.1"),
     "heartbeat_file": _Spec("str", "a file path"),
@@ -151,7 +153,13 @@ LOG_FORMATS = ("auto", "json", "console")
 
 def flag_name(field_name: str) -> str:
     """`block_timeout` -> `--block-timeout` (list settings use the singular: `--queue`)."""
-    singular = {"queues": "queue", "channels": "channel", "patterns": "pattern", "web_bind": "bind"}
+    singular = {
+        "queues": "queue",
+        "channels": "channel",
+        "patterns": "pattern",
+        "web_bind": "bind",
+        "web_allowed_hosts": "allowed_host",
+    }
     return "--" + singular.get(field_name, field_name).replace("_", "-")
 
 

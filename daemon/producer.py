@@ -2,16 +2,55 @@
 
 Producers only LPUSH onto the queue (as the seed's producers did), so any existing producer
 keeps working next to these functions.
+
+With `wait_replicas`, each push is followed by `WAIT n timeout` on the same connection (one
+pipeline, so a pooled client cannot send the WAIT on another connection, where it would count
+nothing). Redis acknowledges a push before any replica has it: a master that dies then takes
+the task with it. WAIT narrows that window to "fewer replicas confirmed than asked", which the
+caller is told about (ReplicasNotConfirmed); it does not make the push atomic with replication.
+The client's socket timeout must exceed `wait_timeout`, or the WAIT itself times out.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from daemon.keys import QueueKeys, durable_queue
 
 BATCH = 1000
+
+
+class ReplicasNotConfirmed(Exception):
+    """The push is stored on the master, but fewer replicas than asked confirmed it in time.
+
+    The task is NOT lost yet and NOT safe yet: it is gone only if the master fails before it
+    replicates. Pushing it again may store it twice.
+    """
+
+    def __init__(self, confirmed: int, wanted: int, timeout: float, pushed: int = 1) -> None:
+        self.confirmed = confirmed
+        self.wanted = wanted
+        self.timeout = timeout
+        self.pushed = pushed
+        super().__init__(
+            f"replication not confirmed: {confirmed} of {wanted} replica(s) acknowledged "
+            f"within {timeout:g} s (WAIT)"
+        )
+
+
+class PushStopped(Exception):
+    """enqueue_many stopped early; `pushed` tasks (the first ones given) are on the queue.
+
+    `cause` is what stopped it: a RedisError, ReplicasNotConfirmed (its batch was pushed and
+    is counted), or an error raised while reading the bodies.
+    """
+
+    def __init__(self, pushed: int, cause: BaseException) -> None:
+        self.pushed = pushed
+        self.cause = cause
+        super().__init__(f"stopped after {pushed} pushed: {cause}")
 
 
 def _as_bytes(body: bytes | str) -> bytes:
@@ -29,33 +68,107 @@ def _batches(bodies: Iterable[bytes | str], size: int) -> Iterator[list[bytes]]:
         yield batch
 
 
-def enqueue(client: Any, queue: str, body: bytes | str) -> int:
-    """Push one task; returns the queue depth after the push."""
-    return int(client.lpush(QueueKeys(queue).pending, _as_bytes(body)))
+def wait_ms(timeout: float) -> int:
+    """WAIT's timeout in milliseconds; never 0, which would make WAIT block for ever."""
+    return max(1, math.ceil(timeout * 1000))
 
 
-def enqueue_many(client: Any, queue: str, bodies: Iterable[bytes | str]) -> int:
+def _push_and_wait(
+    client: Any, key: str, batch: list[bytes], wait_replicas: int, wait_timeout: float
+) -> int:
+    """LPUSH `batch`, then WAIT on the same connection; the depth after the push.
+
+    Raises ReplicasNotConfirmed (with pushed=len(batch)) when fewer replicas confirm.
+    """
+    if not wait_replicas:
+        return int(client.lpush(key, *batch))
+    pipe = client.pipeline(transaction=False)
+    pipe.lpush(key, *batch)
+    pipe.wait(wait_replicas, wait_ms(wait_timeout))
+    depth, confirmed = pipe.execute()
+    if int(confirmed) < wait_replicas:
+        raise ReplicasNotConfirmed(int(confirmed), wait_replicas, wait_timeout, len(batch))
+    return int(depth)
+
+
+def enqueue(
+    client: Any,
+    queue: str,
+    body: bytes | str,
+    wait_replicas: int = 0,
+    wait_timeout: float = 1.0,
+) -> int:
+    """Push one task; returns the queue depth after the push.
+
+    With `wait_replicas` > 0, raises ReplicasNotConfirmed when fewer replicas confirm the push
+    within `wait_timeout` seconds (the task is on the master all the same).
+    """
+    key = QueueKeys(queue).pending
+    return _push_and_wait(client, key, [_as_bytes(body)], wait_replicas, wait_timeout)
+
+
+def enqueue_many(
+    client: Any,
+    queue: str,
+    bodies: Iterable[bytes | str],
+    wait_replicas: int = 0,
+    wait_timeout: float = 1.0,
+) -> int:
     """Push tasks in order (the first given is consumed first), in pipelined batches.
 
-    Returns how many were pushed. Each batch is one LPUSH: all of it is stored or none.
+    Returns how many were pushed. Each batch is one LPUSH: all of it is stored or none (on a
+    timeout, unknown). Anything that stops it mid-way raises PushStopped saying how many were
+    pushed before; with `wait_replicas`, an unconfirmed batch stops it too (counted as pushed).
     """
     pushed = 0
     key = QueueKeys(queue).pending
-    for batch in _batches(bodies, BATCH):
-        client.lpush(key, *batch)
-        pushed += len(batch)
+    try:
+        for batch in _batches(bodies, BATCH):
+            try:
+                _push_and_wait(client, key, batch, wait_replicas, wait_timeout)
+            except ReplicasNotConfirmed as exc:
+                pushed += exc.pushed
+                raise
+            pushed += len(batch)
+    except Exception as exc:
+        raise PushStopped(pushed, exc) from exc
     return pushed
 
 
-def publish(client: Any, channel: str, body: bytes | str, durable: bool = False) -> int:
+def publish(
+    client: Any,
+    channel: str,
+    body: bytes | str,
+    durable: bool = False,
+    wait_replicas: int = 0,
+    wait_timeout: float = 1.0,
+) -> int:
     """Publish one message; returns how many subscribers received it (0: it is gone).
 
     With `durable`, the message is also pushed onto the channel's durable list (one atomic
-    MULTI), where `taskd subscribe --durable` consumes it reliably.
+    MULTI), where `taskd subscribe --durable` consumes it reliably; `wait_replicas` then waits
+    for that push to replicate (a plain PUBLISH stores nothing, so there is nothing to wait for).
     """
     if not durable:
         return int(client.publish(channel, _as_bytes(body)))
-    pipe = client.pipeline(transaction=True)
+    if not wait_replicas:
+        pipe = client.pipeline(transaction=True)
+        pipe.lpush(durable_queue(channel), _as_bytes(body))
+        pipe.publish(channel, _as_bytes(body))
+        return int(pipe.execute()[1])
+    # MULTI/EXEC spelled out in a plain pipeline: WAIT must follow EXEC on the same
+    # connection, and a WAIT queued inside MULTI would not block.
+    pipe = client.pipeline(transaction=False)
+    pipe.execute_command("MULTI")
     pipe.lpush(durable_queue(channel), _as_bytes(body))
     pipe.publish(channel, _as_bytes(body))
-    return int(pipe.execute()[1])
+    pipe.execute_command("EXEC")
+    pipe.wait(wait_replicas, wait_ms(wait_timeout))
+    replies = pipe.execute()
+    for reply in replies[3]:  # EXEC's replies: an error inside it is not raised by execute()
+        if isinstance(reply, Exception):
+            raise reply
+    receivers, confirmed = int(replies[3][1]), int(replies[4])
+    if confirmed < wait_replicas:
+        raise ReplicasNotConfirmed(confirmed, wait_replicas, wait_timeout)
+    return receivers

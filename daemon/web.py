@@ -3,31 +3,44 @@
 Every request answers within the Redis deadline: an unreachable Redis is a 503 JSON answer,
 never a hanging request or an HTML traceback. Pushes are never retried silently (a resent
 LPUSH could store a task twice); the caller sees the 503 and decides.
+
+The routes that change state (/prodcons, /pubsub, /api/*) only answer requests that name this
+server in `Host` (a DNS-rebound name does not) and that no browser sent from another origin
+(`Origin`, `Sec-Fetch-Site`); POST /api/tasks also needs `Content-Type: application/json`,
+which a cross-site HTML form or a `no-cors` fetch cannot send.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hmac
+import ipaddress
 import json
 import math
 import os
 import random
-from typing import Any
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import redis
 import structlog
 from flask import Flask, Response, redirect, request
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from daemon import exitcodes, metrics
 from daemon.config import ConfigError, Settings
 from daemon.connection import is_transient, make_client
-from daemon.producer import enqueue, publish
+from daemon.producer import ReplicasNotConfirmed, enqueue, publish
 from daemon.status import queue_status
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -40,6 +53,20 @@ REQUEST_DEADLINE = 2.0
 WORKERS = 1
 THREADS = 8
 WORKER_TIMEOUT = 30  # gunicorn kills a worker silent this long (far above REQUEST_DEADLINE)
+# Routes that change state or show queue contents: Host, Origin and Sec-Fetch-Site are checked.
+GUARDED_ROUTES = ("/prodcons", "/pubsub")
+GUARDED_PREFIX = "/api/"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+WILDCARD_NAMES = ("0.0.0.0", "[::]", "::", "*")
+# What the web process exports: the series it keeps true. The loops' series (progress clock,
+# reconnects, out-of-memory...) are declared in the same registry but never set here, and a
+# value that is never set is a lie (taskd_redis_connected stuck at 0 fired an alert for ever).
+WEB_SERIES_PREFIXES = ("taskd_web_", "process_", "python_")
+WEB_SERIES = ("taskd_redis_connected", "taskd_build")
+# /metrics PINGs Redis first when no request has told taskd_redis_connected for this long.
+CONNECTED_FRESH_FOR = 10.0
+
+T = TypeVar("T")
 
 _log = structlog.get_logger("taskd.web")
 
@@ -62,12 +89,150 @@ class BadTask(ValueError):
 
 
 def web_settings(settings: Settings) -> Settings:
-    """`settings` with the Redis deadlines of a web request (never longer than configured)."""
+    """`settings` with the Redis deadlines of a web request (never longer than configured).
+
+    With --wait-replicas a push's reply comes after WAIT: the socket waits that much longer.
+    """
+    waiting = settings.wait_timeout if settings.wait_replicas else 0.0
     return dataclasses.replace(
         settings,
-        socket_timeout=min(settings.socket_timeout, REQUEST_DEADLINE),
+        socket_timeout=min(settings.socket_timeout, REQUEST_DEADLINE) + waiting,
         connect_timeout=min(settings.connect_timeout, REQUEST_DEADLINE),
     )
+
+
+def _split_host(value: str) -> tuple[str, str]:
+    """("name", "port") of a Host value; lower case, IPv6 in brackets, port "" when absent."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        name, _, rest = value.partition("]")
+        return name + "]", rest[1:] if rest.startswith(":") else ""
+    if value.count(":") > 1:  # a bare IPv6 address (a bind value, never a valid Host)
+        return f"[{value}]", ""
+    name, _, port = value.partition(":")
+    return name.rstrip("."), port
+
+
+def _is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class ServedHosts:
+    """The names a `Host` header may give: the bind address (and its loopback aliases), any IP
+    literal when bound to all interfaces, and --allowed-host entries ("name" = any port)."""
+
+    names: frozenset[str]  # bind-derived names: with the bind port or no port
+    port: str
+    any_ip_literal: bool
+    extra: frozenset[tuple[str, str]]  # (name, port or "" for any port); ("*", "") = any host
+
+    @classmethod
+    def of(cls, bind: str, allowed: tuple[str, ...] = ()) -> ServedHosts:
+        """The served names of `taskd web --bind bind --allowed-host ...`."""
+        host, _, port = bind.rpartition(":")
+        name = _split_host(host)[0]
+        names = {name}
+        if name in LOOPBACK_NAMES or name.startswith("127."):
+            names.update(LOOPBACK_NAMES)
+        extra = frozenset(_split_host(entry) for entry in allowed)
+        return cls(frozenset(names), port, name in WILDCARD_NAMES, extra)
+
+    def refusal(self, host_header: str) -> str:
+        """Empty when `host_header` names this server, else why not (the 403 reason)."""
+        name, port = _split_host(host_header)
+        if not name:
+            return "the request has no Host header"
+        if name in self.names and port in ("", self.port):
+            return ""
+        if self.any_ip_literal and _is_ip_literal(name):
+            return ""
+        if ("*", "") in self.extra or (name, "") in self.extra or (name, port) in self.extra:
+            return ""
+        return (
+            f"Host {host_header!r} is not a name this server answers to (a DNS-rebound name "
+            "looks like this); add it with --allowed-host (TASKD_WEB_ALLOWED_HOSTS)"
+        )
+
+
+def origin_refusal(origin: str | None, fetch_site: str | None, host_header: str) -> str:
+    """Empty unless a browser sent the request from another origin, else why (the 403 reason).
+
+    Requests without these headers (curl, siege, programs) are not from a browser page.
+    `same-site` is refused too: another port of the same host is another origin.
+    """
+    if fetch_site and fetch_site.strip().lower() in ("cross-site", "same-site"):
+        return f"Sec-Fetch-Site: {fetch_site}: the request comes from another site's page"
+    if origin is None:
+        return ""
+    parts = urlsplit(origin.strip().lower())
+    default = {"http": "80", "https": "443"}.get(parts.scheme, "")
+    try:
+        origin_port = str(parts.port) if parts.port is not None else default
+    except ValueError:
+        origin_port = "?"
+    name, port = _split_host(host_header)
+    origin_name = _split_host(parts.netloc.rpartition("@")[2])[0]
+    if origin_name and origin_name == name and origin_port == (port or default):
+        return ""
+    return f"Origin {origin!r} does not match Host {host_header!r}: a cross-origin request"
+
+
+class _WebSeries:
+    """The process registry seen through WEB_SERIES: only the series this process keeps true."""
+
+    def __init__(self, source: CollectorRegistry) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.source.collect():
+            if family.name in WEB_SERIES or family.name.startswith(WEB_SERIES_PREFIXES):
+                yield family
+
+
+def web_registry() -> CollectorRegistry:
+    """The registry /metrics serves in the web process."""
+    view = CollectorRegistry(auto_describe=False)
+    view.register(_WebSeries(metrics.registry()))
+    return view
+
+
+class RedisHealth:
+    """taskd_redis_connected from the outcome of the web's own Redis calls.
+
+    A reply (even an error reply) is 1; a failure to connect or to get a reply is 0.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.told_at = -math.inf  # monotonic time of the last outcome
+
+    def record(self, answered: bool) -> None:
+        """Set the gauge from one call's outcome."""
+        with self._lock:
+            self.told_at = time.monotonic()
+            metrics.REDIS_CONNECTED.set(1 if answered else 0)
+
+    def observe(self, call: Callable[[], T]) -> T:
+        """Run one Redis call and record its outcome; exceptions pass through."""
+        try:
+            result = call()
+        except (redis.ConnectionError, redis.TimeoutError):
+            self.record(False)
+            raise
+        except (redis.RedisError, ReplicasNotConfirmed):
+            self.record(True)
+            raise
+        self.record(True)
+        return result
+
+    def stale(self) -> bool:
+        """True when no call has told the gauge for CONNECTED_FRESH_FOR seconds."""
+        return time.monotonic() - self.told_at > CONNECTED_FRESH_FOR
 
 
 def parse_task(raw: bytes, queues: tuple[str, ...]) -> tuple[str, str]:
@@ -112,9 +277,31 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
         client if client is not None else make_client(web_settings(settings), "taskd-web")
     )
 
+    hosts = ServedHosts.of(settings.web_bind, settings.web_allowed_hosts)
+    health = RedisHealth()
+    exposed = web_registry()
+    waits = (settings.wait_replicas, settings.wait_timeout)
+
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.debug = False  # never the debugger: it executes code sent by the browser
+
+    @app.before_request
+    def same_origin_check() -> Response | None:
+        """Refuse (403) a guarded route asked for under a foreign Host or from another origin.
+
+        Runs before the token check: a cross-site request is refused whatever it carries.
+        """
+        if request.path not in GUARDED_ROUTES and not request.path.startswith(GUARDED_PREFIX):
+            return None
+        host = request.headers.get("Host", "")
+        reason = hosts.refusal(host) or origin_refusal(
+            request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"), host
+        )
+        if not reason:
+            return None
+        _log.warning("web.request_refused", route=request.path, reason=reason)
+        return _json(403, {"error": "request refused", "reason": reason})
 
     @app.before_request
     def access_check() -> Response | None:
@@ -148,7 +335,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     def prodcons() -> BaseResponse:
         elem = random.randrange(10)
         with metrics.WEB_ENQUEUE_SECONDS.time():
-            depth = enqueue(redis_client, queue, str(elem))
+            depth = health.observe(lambda: enqueue(redis_client, queue, str(elem), *waits))
         _log.info("web.lpush", queue=queue, task=elem, depth=depth)
         return redirect("/")
 
@@ -156,29 +343,43 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     def pubsub() -> BaseResponse:
         elem = random.randrange(10)
         with metrics.WEB_ENQUEUE_SECONDS.time():
-            receivers = publish(redis_client, channel, str(elem), durable=settings.durable)
+            receivers = health.observe(
+                lambda: publish(redis_client, channel, str(elem), settings.durable, *waits)
+            )
         _log.info("web.publish", channel=channel, message=elem, receivers=receivers)
         return redirect("/")
 
     @app.post("/api/tasks")
     def post_task() -> Response:
+        if request.mimetype != "application/json":
+            # A cross-site form or no-cors fetch can only send text/plain, form or multipart.
+            given = request.headers.get("Content-Type", "")
+            return _json(
+                415,
+                {"error": f"expected Content-Type: application/json, got {given or 'none'!r}"},
+            )
         try:
             target, body = parse_task(request.get_data(cache=False), settings.queues)
         except BadTask as exc:
             return _json(400, {"error": str(exc)})
         with metrics.WEB_ENQUEUE_SECONDS.time():
-            depth = enqueue(redis_client, target, body)
+            depth = health.observe(lambda: enqueue(redis_client, target, body, *waits))
         _log.info("web.enqueue", queue=target, size=len(body), depth=depth)
         return _json(202, {"queue": target, "depth": depth})
 
     @app.get("/api/queues")
     def queues() -> Response:
-        rows = [queue_status(redis_client, q).as_dict() for q in settings.queues]
+        rows = health.observe(
+            lambda: [queue_status(redis_client, q).as_dict() for q in settings.queues]
+        )
         return _json(200, {"queues": rows})
 
     @app.get("/metrics")
     def metrics_page() -> Response:
-        payload = generate_latest(metrics.registry())
+        if health.stale():  # an idle web process still tells the truth about Redis
+            with contextlib.suppress(redis.RedisError):  # recorded: the gauge tells it
+                health.observe(redis_client.ping)
+        payload = generate_latest(exposed)
         return Response(payload, status=200, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.get("/healthz")
@@ -189,7 +390,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     @app.get("/readyz")
     def readyz() -> Response:
         try:
-            redis_client.ping()
+            health.observe(redis_client.ping)
         except redis.RedisError as exc:
             _log.warning("web.not_ready", error=f"{type(exc).__name__}: {exc}")
             return _json(503, {"state": "not_ready", "redis": "down"})
@@ -207,6 +408,21 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
             )
         _log.error("web.redis_error", route=request.path, error=f"{kind}: {exc}")
         return _json(500, {"error": "redis error", "kind": kind})
+
+    @app.errorhandler(ReplicasNotConfirmed)
+    def not_replicated(exc: ReplicasNotConfirmed) -> Response:
+        _log.warning("web.replication_not_confirmed", route=request.path, error=str(exc))
+        return _json(
+            503,
+            {
+                "error": "replication not confirmed",
+                "confirmed": exc.confirmed,
+                "wanted": exc.wanted,
+                "timeout": exc.timeout,
+                # the push happened: a client that retries may store the task twice
+                "stored_on_master": True,
+            },
+        )
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> BaseResponse:
