@@ -64,7 +64,7 @@ WILDCARD_NAMES = ("0.0.0.0", "[::]", "::", "*")
 WEB_SERIES_PREFIXES = ("taskd_web_", "process_", "python_")
 WEB_SERIES = ("taskd_redis_connected", "taskd_build")
 # /metrics PINGs Redis first when no request has told taskd_redis_connected for this long.
-CONNECTED_FRESH_FOR = 10.0
+CONNECTED_FRESH_FOR = 5.0
 
 T = TypeVar("T")
 
