@@ -179,9 +179,7 @@ def test_probes_and_metrics_answer_whatever_the_host(web: Web) -> None:
         assert status == 200, path
 
 
-def test_allowed_host_adds_a_served_name(
-    taskd: DaemonFactory, redis_server: RedisServer
-) -> None:
+def test_allowed_host_adds_a_served_name(taskd: DaemonFactory, redis_server: RedisServer) -> None:
     web = start_web(
         taskd, redis_server, "--allowed-host", "taskd.internal", "--allowed-host", "proxy:443"
     )

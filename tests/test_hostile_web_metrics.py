@@ -9,9 +9,9 @@ import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+from yaml_free_alerts import alerts
 
 from conftest import ROOT, DaemonFactory, RedisServer, free_port, wait_until
-from yaml_free_alerts import alerts
 
 PROMTOOL = shutil.which("promtool") or "promtool"
 ALERTS = ROOT / "conf" / "prometheus" / "alerts.yml"
