@@ -10,13 +10,29 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from daemon import exitcodes, metrics
 from daemon.config import Settings
 from daemon.connection import LinkState
-from daemon.liveness import Progress, StallWatchdog, enable_stack_dumps
+from daemon.liveness import (
+    LAST_WORDS_DEADLINE,
+    Progress,
+    StallWatchdog,
+    arm_exit,
+    bounded_write,
+    enable_stack_dumps,
+    json_log_line,
+    log_fd,
+)
+
+
+def _last_line(level: str, event: str, **fields: Any) -> None:
+    """A log line written right before an exit: bounded, never through a lock that may be held."""
+    line = json_log_line(level, event, **fields)
+    bounded_write(log_fd(), line, time.monotonic() + LAST_WORDS_DEADLINE / 2)
 
 
 class GracefulStop:
@@ -34,8 +50,8 @@ class GracefulStop:
 
     def request(self, signum: int = signal.SIGTERM, _frame: Any = None) -> None:
         """Signal handler. First call: stop and drain. Second call: exit at once."""
-        if self._signalled:
-            self.log.warning(f"{self.role}.forced_exit", signal=signum, note=self.lost)
+        if self._signalled:  # the exit must not wait for a log write (stdout may be blocked)
+            _last_line("warning", f"{self.role}.forced_exit", signal=signum, note=self.lost)
             os._exit(128 + signum)
         self._signalled = True
         self.log.info(f"{self.role}.stopping", signal=signum, drain_timeout=self.drain_timeout)
@@ -47,7 +63,10 @@ class GracefulStop:
         self._timer.start()
 
     def _expired(self) -> None:
-        self.log.error(
+        """Exit 75: armed first, the log line bounded, so a blocked stdout cannot hold it."""
+        arm_exit(lambda: os._exit(exitcodes.DRAIN_TIMEOUT), LAST_WORDS_DEADLINE)
+        _last_line(
+            "error",
             f"{self.role}.drain_timeout",
             drain_timeout=self.drain_timeout,
             note=self.lost,

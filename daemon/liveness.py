@@ -294,9 +294,12 @@ def last_words(
     room = max(0, budget - 4096)  # what the other fields leave for the stacks
     cut = stacks if len(stacks) <= room else stacks[:room] + "\n[stacks cut at the byte budget]"
     line = json_log_line("critical", event, **fields, stacks=cut)
-    bounded_write(fd, line, deadline, budget)
-    if not _same_file(fd, 2):
-        bounded_write(2, (stacks + "\n").encode("utf-8", "backslashreplace"), deadline, budget)
+    if _same_file(fd, 2):
+        bounded_write(fd, line, deadline, budget)
+        return
+    # each stream gets half the time: a blocked stdout must not silence stderr too
+    bounded_write(fd, line, time.monotonic() + (deadline - time.monotonic()) / 2, budget)
+    bounded_write(2, (stacks + "\n").encode("utf-8", "backslashreplace"), deadline, budget)
 
 
 class _OneShot:

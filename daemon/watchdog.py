@@ -25,7 +25,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 from supervisor import childutils
 
-from daemon.liveness import read_heartbeat_file
+from daemon.liveness import enable_stack_dumps, read_heartbeat_file
 
 RPC_DEADLINE = 10.0  # seconds any XML-RPC call to supervisord may take
 EXIT_WAIT = 3.0  # seconds to wait for a signalled process to go
@@ -208,6 +208,7 @@ def main(args: argparse.Namespace) -> int:
 
     from daemon.logs import configure_logging
 
+    enable_stack_dumps()  # SIGABRT by an operator or supervisord: stacks on stderr, no core
     configure_logging("info", "json", stream=sys.stderr)
     socket.setdefaulttimeout(RPC_DEADLINE)  # XML-RPC over the unix socket has no deadline
     log = structlog.get_logger("taskd.watchdog")
