@@ -1,17 +1,29 @@
-"""What `taskd status` and `taskd dead` show: read-only views of the queue keys."""
+"""What `taskd status`, the web API and the metrics scrape show: read-only views of queue keys.
+
+Processing lists are found from the workers registry (``Q:workers``), never by scanning the
+keyspace: a read costs two pipelined round trips for any number of queues, whatever else the
+database holds. (A processing list whose worker is not registered is invisible to peer
+recovery too; taskd never leaves one: a worker registers before its first claim and is
+forgotten only once its list is empty.)
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from daemon.keys import QueueKeys
 from daemon.reliable import parse_dead_letter
 
+# Workers read per queue and read: bounds one read's size even when dead workers pile up
+# (peers forget them on recovery): the most recently seen are read.
+MAX_WORKERS = 1000
+
 
 @dataclass
 class QueueStatus:
-    """Depths of one queue and the workers that serve it."""
+    """Depths of one queue, the workers that serve it and the server's eviction policy."""
 
     queue: str
     pending: int
@@ -19,6 +31,9 @@ class QueueStatus:
     delayed: int
     dead: int
     workers: list[dict[str, Any]] = field(default_factory=list)
+    # Redis's maxmemory-policy ("" = could not be read); a warning when it can lose tasks.
+    eviction_policy: str = ""
+    eviction_warning: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -28,44 +43,74 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
-def queue_status(client: Any, queue: str) -> QueueStatus:
-    """Depths of pending/processing/delayed/dead and every known worker's state."""
-    keys = QueueKeys(queue)
+def queue_statuses(client: Any, queues: Sequence[str]) -> list[QueueStatus]:
+    """Depths and workers of `queues` in two round trips (see the module docstring)."""
     pipe = client.pipeline(transaction=False)
-    pipe.llen(keys.pending)
-    pipe.zcard(keys.delayed)
-    pipe.llen(keys.dead)
-    pipe.zrange(keys.workers, 0, -1, withscores=True)
-    pending, delayed, dead, workers = pipe.execute()
-    processing_keys = [
-        _text(k) for k in client.scan_iter(match=keys.processing_prefix + "*", count=500)
+    for queue in queues:
+        keys = QueueKeys(queue)
+        pipe.llen(keys.pending)
+        pipe.zcard(keys.delayed)
+        pipe.llen(keys.dead)
+        pipe.zrange(keys.workers, -MAX_WORKERS, -1, withscores=True)  # newest; ZRANGE only (ACL)
+    first = pipe.execute() if queues else []
+    registered: list[list[tuple[str, float]]] = [
+        sorted((_text(w), float(score)) for w, score in first[4 * i + 3])
+        for i in range(len(queues))
     ]
-    holders = {k[len(keys.processing_prefix) :] for k in processing_keys}
-    names = sorted({_text(w) for w, _ in workers} | holders)
     pipe = client.pipeline(transaction=False)
-    for name in names:
-        pipe.exists(keys.alive(name))
-        pipe.llen(keys.processing(name))
-    answers = pipe.execute()
-    seen = {_text(w): score for w, score in workers}
-    rows: list[dict[str, Any]] = []
-    for i, name in enumerate(names):
-        rows.append(
+    for queue, workers in zip(queues, registered, strict=True):
+        keys = QueueKeys(queue)
+        for name, _ in workers:
+            pipe.exists(keys.alive(name))
+            pipe.llen(keys.processing(name))
+    answers = iter(pipe.execute() if any(registered) else [])
+    rows: list[QueueStatus] = []
+    for i, (queue, workers) in enumerate(zip(queues, registered, strict=True)):
+        table: list[dict[str, Any]] = [
             {
                 "worker": name,
-                "alive": bool(answers[2 * i]),
-                "processing": int(answers[2 * i + 1]),
-                "last_seen": seen.get(name),
+                "alive": bool(next(answers)),
+                "processing": int(next(answers)),
+                "last_seen": seen,
             }
+            for name, seen in workers
+        ]
+        pending, delayed, dead = first[4 * i : 4 * i + 3]
+        rows.append(
+            QueueStatus(
+                queue=queue,
+                pending=int(pending),
+                processing=sum(r["processing"] for r in table),
+                delayed=int(delayed),
+                dead=int(dead),
+                workers=table,
+            )
         )
-    return QueueStatus(
-        queue=queue,
-        pending=int(pending),
-        processing=sum(int(r["processing"]) for r in rows),
-        delayed=int(delayed),
-        dead=int(dead),
-        workers=rows,
-    )
+    return rows
+
+
+def eviction_warning(policy: str) -> str:
+    """What an operator must be told about `policy` ("" for noeviction; a note if unknown)."""
+    from daemon import memory
+
+    if policy == memory.SAFE_POLICY:
+        return ""
+    if not policy:
+        return (
+            "maxmemory-policy could not be read (CONFIG and INFO refused): "
+            f"make sure it is {memory.SAFE_POLICY}"
+        )
+    return f"maxmemory-policy is {policy}, not {memory.SAFE_POLICY}: {memory.consequence(policy)}"
+
+
+def queue_status(client: Any, queue: str) -> QueueStatus:
+    """One queue's status for `taskd status` and the web API, with the eviction policy."""
+    from daemon import memory
+
+    row = queue_statuses(client, [queue])[0]
+    row.eviction_policy = memory.eviction_policy(client)
+    row.eviction_warning = eviction_warning(row.eviction_policy)
+    return row
 
 
 def dead_letters(client: Any, queue: str, limit: int = 100) -> list[dict[str, Any]]:
