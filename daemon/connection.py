@@ -7,17 +7,24 @@ dropped. The consume loop owns retries, so it knows when a reply was lost and re
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.backoff import AbstractBackoff, FullJitterBackoff, NoBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 
 from daemon import redis_url
 from daemon.config import ConfigError, Settings
@@ -60,6 +67,14 @@ class RedisFatalError(ConfigError):
     """Redis refuses us for a reason that reconnecting will not change (exit 78)."""
 
 
+class SentinelAuthError(redis.AuthenticationError):
+    """A sentinel refused our AUTH (wrong, missing or unexpected sentinel password).
+
+    redis-py's Sentinel would report it as "no master found", which looks like an outage
+    and is retried for ever; raised instead so the daemon stops with exit 78.
+    """
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when waiting and reconnecting can cure `exc` (network, restart, failover)."""
     if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthorizationError):
@@ -82,12 +97,21 @@ def is_transient(exc: BaseException) -> bool:
 def maybe_applied(exc: BaseException) -> bool:
     """Could the command that raised `exc` have been carried out by the server anyway?
 
-    An error reply (READONLY, LOADING, OOM, BUSY...) means it was refused, and a failure to
-    connect means it was never sent; a timeout or a broken connection after sending leaves
-    it unknown (the reply may be what was lost).
+    Decided by what happened on the wire, as recorded by taskd's connection classes
+    (`SentTracking`): an error reply means refused; an exception raised before any byte of
+    the command was written (connect, handshake, health check, a pool checkout, "max number
+    of clients reached", Sentinel's MasterNotFoundError) means never sent; once the write
+    began, a timeout or a broken connection leaves it unknown (the reply may be what was
+    lost). An exception that did not pass through those classes gets the conservative
+    answer of its type.
     """
     if isinstance(exc, redis.ResponseError | redis.exceptions.BusyLoadingError):
         return False
+    if getattr(exc, REFUSED, False):
+        return False
+    sent = getattr(exc, SENT, None)
+    if sent is not None:
+        return bool(sent)
     text = str(exc).lower()
     if "connecting to" in text or "timeout connecting" in text:
         return False
@@ -99,7 +123,14 @@ def fatal_reason(exc: BaseException, url: str) -> str:
     where = redis_url.redact(url)
     text = str(exc).strip() or type(exc).__name__
     lowered = text.lower()
-    if isinstance(exc, redis.AuthenticationError) or "wrongpass" in lowered or "noauth" in lowered:
+    if isinstance(exc, SentinelAuthError):
+        hint = (
+            "expected the sentinels' own password (their requirepass) in the URL's "
+            "sentinel_password=, --sentinel-password-file or TASKD_SENTINEL_PASSWORD"
+        )
+    elif (
+        isinstance(exc, redis.AuthenticationError) or "wrongpass" in lowered or "noauth" in lowered
+    ):
         hint = "expected a valid username/password in the redis URL"
     elif "unknown command" in lowered:
         hint = "expected Redis 6.2 or newer (taskd needs BLMOVE and Lua scripting)"
@@ -120,6 +151,155 @@ def fatal_reason(exc: BaseException, url: str) -> str:
     else:
         hint = "expected a Redis server that accepts taskd's commands"
     return f"redis {where}: {text}; {hint}"
+
+
+# Attributes set on an exception by the connection classes below (see `maybe_applied`).
+SENT = "taskd_sent"  # False: raised before any byte of the command was written
+REFUSED = "taskd_refused"  # True: the server answered the command with an error reply
+
+
+def _mark(exc: BaseException, attribute: str, value: bool, force: bool) -> None:
+    """Record on `exc` what happened on the wire; the outermost phase that knows wins."""
+    if force or not hasattr(exc, attribute):
+        with contextlib.suppress(AttributeError, TypeError):  # a type without a __dict__
+            setattr(exc, attribute, value)
+
+
+class SentTracking:
+    """Connection mixin: every exception says whether the command's bytes were written.
+
+    Connecting, the handshake (AUTH, SELECT, CLIENT SETNAME) and the health-check PING come
+    before the command: what they raise is marked ``taskd_sent = False``, overriding any
+    mark set deeper (the handshake's own writes are not the command's). Once the command's
+    write has begun, anything raised is ``taskd_sent = True`` (maybe partly written), and
+    an exception raised while reading an error reply (including redis-py's Sentinel
+    turning READONLY into "The previous master is now a slave") is ``taskd_refused``.
+    """
+
+    _sock: Any
+
+    def connect(self) -> None:
+        try:
+            cast(Any, super()).connect()
+        except BaseException as exc:
+            _mark(exc, SENT, False, force=True)
+            raise
+
+    def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            cast(Any, super()).connect_check_health(*args, **kwargs)
+        except BaseException as exc:
+            _mark(exc, SENT, False, force=True)
+            raise
+
+    def check_health(self) -> None:
+        try:
+            cast(Any, super()).check_health()
+        except BaseException as exc:
+            _mark(exc, SENT, False, force=True)
+            raise
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self._sock:  # as redis-py does, but outside the "written" phase
+            self.connect_check_health(check_health=False)
+        if check_health:
+            self.check_health()
+        try:
+            cast(Any, super()).send_packed_command(command, check_health=False)
+        except BaseException as exc:
+            _mark(exc, SENT, True, force=False)
+            raise
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return cast(Any, super()).read_response(*args, **kwargs)
+        except BaseException as exc:
+            if isinstance(exc, redis.ResponseError) or isinstance(
+                exc.__context__, redis.ResponseError
+            ):
+                _mark(exc, REFUSED, True, force=False)
+            _mark(exc, SENT, True, force=False)
+            raise
+
+
+class TaskdConnection(SentTracking, redis.Connection):
+    """TCP connection that records what was sent."""
+
+
+class TaskdUnixConnection(SentTracking, redis.UnixDomainSocketConnection):
+    """Unix socket connection that records what was sent."""
+
+
+class TaskdSSLConnection(SentTracking, redis.SSLConnection):
+    """TLS connection that records what was sent."""
+
+
+class TaskdSentinelConnection(SentTracking, SentinelManagedConnection):
+    """Sentinel-managed connection (master looked up on connect) that records what was sent."""
+
+
+class TaskdSentinelSSLConnection(SentTracking, SentinelManagedSSLConnection):
+    """Sentinel-managed TLS connection that records what was sent."""
+
+
+class UnsentOnCheckout:
+    """Pool mixin: whatever getting a connection raises happened before any command was sent.
+
+    The pool connects, and may find a fresh connection unusable ("Connection not ready")
+    without the connection itself raising.
+    """
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return cast(Any, super()).get_connection(*args, **kwargs)
+        except BaseException as exc:
+            _mark(exc, SENT, False, force=True)
+            raise
+
+
+class TaskdConnectionPool(UnsentOnCheckout, redis.ConnectionPool):
+    """The pool of every taskd client (TCP, unix, TLS)."""
+
+
+class TaskdSentinelPool(UnsentOnCheckout, SentinelConnectionPool):
+    """The pool of a Sentinel-managed taskd client."""
+
+
+class TaskdSentinel(Sentinel):
+    """A Sentinel whose refused AUTH is reported as such (exit 78), not as "no master"."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        """Like redis-py's, but a sentinel refusing our credentials is not skipped silently.
+
+        Sentinels that are down or time out are skipped (an outage, retried); when no
+        sentinel named a master and one of them refused AUTH, that refusal is the error.
+        """
+        errors: list[str] = []
+        refusal: redis.AuthenticationError | None = None
+        for number, sentinel in enumerate(self.sentinels):
+            where = _address(sentinel)
+            try:
+                masters = sentinel.sentinel_masters()
+            except redis.AuthenticationError as exc:
+                refusal = SentinelAuthError(f"sentinel {where} refused authentication: {exc}")
+                continue
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                errors.append(f"{where}: {type(exc).__name__}: {exc}")
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                self.sentinels[0], self.sentinels[number] = sentinel, self.sentinels[0]
+                forced = self._force_master_ip
+                return (forced if forced is not None else state["ip"]), state["port"]
+        if refusal is not None:
+            raise refusal
+        detail = f" ({'; '.join(errors)})" if errors else ""
+        raise MasterNotFoundError(f"no master found for {service_name!r}{detail}")
+
+
+def _address(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
 
 
 def keepalive_options(settings: Settings) -> dict[int, int]:
@@ -189,31 +369,69 @@ def tls_kwargs(settings: Settings) -> dict[str, Any]:
 def make_client(settings: Settings, client_name: str | None = None) -> redis.Redis:
     """A client for ``redis://``, ``rediss://``, ``unix://`` or Sentinel URLs, with deadlines.
 
-    Creating it does not connect; the first command does.
+    Its connections are taskd's (`SentTracking`), so every error says whether the command
+    was sent. Creating it does not connect; the first command does.
     """
     target = redis_url.parse(settings.redis_url)
     kwargs = client_kwargs(settings, client_name)
     if target.sentinel:
-        sentinel_kwargs = {
-            "socket_timeout": settings.connect_timeout,
-            "socket_connect_timeout": settings.connect_timeout,
-            "retry": Retry(NoBackoff(), 0),
-        }
-        if target.tls:
-            sentinel_kwargs.update(tls_kwargs(settings))
-        sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs)
-        return sentinel.master_for(target.master_name, **kwargs)
+        return _sentinel_client(settings, target, kwargs)
     if target.scheme == "unix":
         for tcp_only in ("socket_keepalive", "socket_keepalive_options"):
             kwargs.pop(tcp_only, None)
-        return redis.Redis(unix_socket_path=target.path, **kwargs)
+        pool = TaskdConnectionPool(connection_class=TaskdUnixConnection, path=target.path, **kwargs)
+        return redis.Redis.from_pool(pool)
     host, port = target.hosts[0]
-    return redis.Redis(host=host, port=port, **kwargs)
+    tls = bool(kwargs.pop("ssl", False))
+    connection_class = TaskdSSLConnection if tls else TaskdConnection
+    pool = TaskdConnectionPool(connection_class=connection_class, host=host, port=port, **kwargs)
+    return redis.Redis.from_pool(pool)
+
+
+def sentinel_kwargs(settings: Settings, target: redis_url.RedisTarget) -> dict[str, Any]:
+    """How to talk to the sentinels themselves: connect deadline, no retry, their password.
+
+    The password comes from --sentinel-password-file / TASKD_SENTINEL_PASSWORD, else from
+    the URL's sentinel_password= (with sentinel_username= for an ACL user).
+    """
+    kwargs: dict[str, Any] = {
+        "socket_timeout": settings.connect_timeout,
+        "socket_connect_timeout": settings.connect_timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    password = settings.sentinel_password or target.sentinel_password
+    if password:
+        kwargs["password"] = password
+        kwargs["username"] = target.sentinel_username
+    if target.tls:
+        kwargs.update(tls_kwargs(settings))
+    return kwargs
+
+
+def _sentinel_client(
+    settings: Settings, target: redis_url.RedisTarget, kwargs: dict[str, Any]
+) -> redis.Redis:
+    sentinel = TaskdSentinel(
+        list(target.hosts), sentinel_kwargs=sentinel_kwargs(settings, target), **kwargs
+    )
+    connection_class = TaskdSentinelSSLConnection if target.tls else TaskdSentinelConnection
+    client: redis.Redis = sentinel.master_for(
+        target.master_name,
+        connection_pool_class=TaskdSentinelPool,
+        connection_class=connection_class,
+        **kwargs,
+    )
+    return client
 
 
 def make_backoff(settings: Settings) -> AbstractBackoff:
     """Exponential backoff with full jitter, capped: the reconnect policy of every loop."""
     return FullJitterBackoff(cap=settings.backoff_cap, base=settings.backoff_base)
+
+
+# The backoff is fed at most this many failures: 2**32 x any base is past any cap, while a
+# count that grows for days would overflow the exponential (OverflowError near 1,024).
+BACKOFF_STEPS = 32
 
 
 @dataclass
@@ -228,7 +446,7 @@ class LinkState:
     log: Any
     clock: Callable[[], float] = time.monotonic
     connected: bool | None = None  # None: not tried yet
-    failures: int = 0
+    failures: int = 0  # attempts that failed in this outage: the true count, for the logs
     down_since: float | None = None
     reconnects: int = 0
     listeners: list[Callable[[bool], None]] = field(default_factory=list)
@@ -251,7 +469,7 @@ class LinkState:
                 self.connected = False
                 self._notify(False)
             self.failures += 1
-            return float(self.backoff.compute(self.failures))
+            return float(self.backoff.compute(min(self.failures, BACKOFF_STEPS)))
 
     def succeeded(self) -> bool:
         """Record a successful call; True when this ended an outage."""

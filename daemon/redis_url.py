@@ -6,20 +6,41 @@ Accepted forms::
     rediss://...                      (TLS)
     unix://[[user]:password@]/path/to/redis.sock[?db=N]
     redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/master_name[/db]
+        [?sentinel_password=P[&sentinel_username=U]]
     rediss+sentinel://...             (TLS to sentinels and master)
+
+The user and password before ``@`` are those of the Redis master; the sentinels' own
+credentials (their ``requirepass`` / ACL user) go in the ``sentinel_password`` and
+``sentinel_username`` query parameters (or --sentinel-password-file /
+TASKD_SENTINEL_PASSWORD, which win over the URL).
+
+Passwords: the userinfo is everything between ``://`` and the LAST ``@`` (for ``unix://``,
+the last ``@`` followed by ``/``), so a raw ``/``, ``@``, ``:``, ``?`` or ``#`` in a password
+is taken as part of it; ``%XX`` sequences are decoded, so a literal ``%`` must be written
+``%25`` (percent-encoding the whole password always works). Query values are decoded the same
+way; a raw ``&`` there must be written ``%26``. Master names containing ``@`` must be written
+``%40``. No error message ever shows any part of the userinfo or of a password parameter.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote
 
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
 EXPECTED = (
-    "expected redis://host:port/db, rediss://..., unix:///path.sock "
-    "or redis+sentinel://host:port[,host:port]/master[/db]"
+    "expected redis://[user:password@]host:port/db, rediss://..., unix:///path.sock[?db=N] "
+    "or redis+sentinel://[user:password@]host:port[,host:port]/master[/db]"
+    "[?sentinel_password=P&sentinel_username=U]"
 )
+QUERY_KEYS = {
+    "redis": ("db",),
+    "rediss": ("db",),
+    "unix": ("db",),
+    "redis+sentinel": ("db", "sentinel_password", "sentinel_username"),
+    "rediss+sentinel": ("db", "sentinel_password", "sentinel_username"),
+}
 
 
 class RedisUrlError(ValueError):
@@ -37,6 +58,8 @@ class RedisTarget:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     master_name: str = ""
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
 
     @property
     def tls(self) -> bool:
@@ -47,27 +70,78 @@ class RedisTarget:
         return self.scheme.endswith("+sentinel")
 
 
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-z+]+://)(?P<userinfo>[^@/]*)@")
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+# Query parameters whose value is a secret (hidden) or may hold a raw "@" (not a userinfo end).
+_SECRET_PARAM = re.compile(r"(?P<key>[?&]sentinel_password=)(?P<value>[^&]*)", re.IGNORECASE)
+_AT_PARAM = re.compile(r"[?&]sentinel_(?:password|username)=", re.IGNORECASE)
 
 
-def redact(url: str) -> str:
-    """Return `url` with any password replaced by ``***`` (safe to log)."""
+def _userinfo_end(rest: str, unix: bool, skip_params: bool) -> int:
+    """Index of the ``@`` that ends the userinfo in `rest` (after ``://``), or -1.
 
-    def _hide(match: re.Match[str]) -> str:
-        userinfo = match.group("userinfo")
+    The last ``@`` wins (for unix://, the last one followed by ``/``: a socket path may hold
+    an ``@``). With `skip_params`, an ``@`` inside a sentinel credential parameter's value
+    is not a userinfo end (that is how `parse` reads the URL).
+    """
+    end = len(rest)
+    while (at := rest.rfind("@", 0, end)) >= 0:
+        end = at
+        if unix and not rest.startswith("/", at + 1):
+            continue
+        if skip_params and _AT_PARAM.search(rest, 0, at):
+            continue
+        return at
+    return -1
+
+
+def _redact_one(url: str) -> str:
+    """`url` (starting with a scheme) with its userinfo password and secret params hidden.
+
+    Hides the union of both readings of the userinfo (last ``@`` overall, and `parse`'s,
+    which skips an ``@`` inside a sentinel credential parameter), so no reading of an odd
+    URL can show part of a password.
+    """
+    scheme, _, rest = url.partition("://")
+    unix = scheme.lower() == "unix"
+    at = max(_userinfo_end(rest, unix, False), _userinfo_end(rest, unix, True))
+    secrets = [m.span("value") for m in _SECRET_PARAM.finditer(rest)]
+    for start, end in secrets:
+        if start <= at < end:  # the last "@" is in a secret value: hide up to its end
+            return f"{scheme}://***{_SECRET_PARAM.sub(_hide_value, rest[end:])}"
+    head = ""
+    if at >= 0:
+        userinfo, rest = rest[:at], rest[at + 1 :]
         user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
-        return f"{match.group('scheme')}{user}:***@"
+        head = f"{user}:***@"
+    return f"{scheme}://{head}{_SECRET_PARAM.sub(_hide_value, rest)}"
 
-    return _CREDENTIALS.sub(_hide, url, count=1)
+
+def _hide_value(match: re.Match[str]) -> str:
+    return f"{match.group('key')}***"
+
+
+def redact(text: str) -> str:
+    """Return `text` with the password of the URL in it replaced by ``***`` (safe to log).
+
+    `text` may be a URL or a message with one in it (everything after the URL's start is
+    taken as part of the URL, so a message tail may be hidden too, never shown too much).
+    """
+    match = _SCHEME.search(text)
+    if match is None:
+        return text
+    return text[: match.start()] + _redact_one(text[match.start() :])
+
+
+def _fail(url: str, problem: str) -> RedisUrlError:
+    return RedisUrlError(f"redis url {redact(url)!r}: {problem}")
 
 
 def _port(text: str, url: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise RedisUrlError(f"redis url {redact(url)!r}: port {text!r} is not a number") from None
+    if not text.isdigit():
+        raise _fail(url, f"port {text!r} is not a number") from None
+    port = int(text)
     if not 0 < port < 65536:
-        raise RedisUrlError(f"redis url {redact(url)!r}: port {port} is out of range 1-65535")
+        raise _fail(url, f"port {port} is out of range 1-65535")
     return port
 
 
@@ -75,18 +149,15 @@ def _db(text: str, url: str) -> int:
     if text == "":
         return 0
     if not text.isdigit():
-        raise RedisUrlError(
-            f"redis url {redact(url)!r}: database {text!r} is not a number (expected /0 ... /15)"
-        )
+        raise _fail(url, f"database {text!r} is not a number (expected /0 ... /15)")
     return int(text)
 
 
-def _hosts(netloc: str, url: str, default_port: int) -> tuple[tuple[str, int], ...]:
-    hostpart = netloc.rsplit("@", 1)[-1]
+def _hosts(hostpart: str, url: str, default_port: int) -> tuple[tuple[str, int], ...]:
     hosts: list[tuple[str, int]] = []
     for item in hostpart.split(","):
         if not item:
-            raise RedisUrlError(f"redis url {redact(url)!r}: no host; {EXPECTED}")
+            raise _fail(url, f"no host; {EXPECTED}")
         if item.startswith("["):  # IPv6 literal
             host, _, rest = item[1:].partition("]")
             port = _port(rest[1:], url) if rest.startswith(":") else default_port
@@ -95,50 +166,84 @@ def _hosts(netloc: str, url: str, default_port: int) -> tuple[tuple[str, int], .
             port = _port(port_text, url)
         else:
             host, port = item, default_port
-        hosts.append((host, port))
+        if not host:
+            raise _fail(url, f"no host; {EXPECTED}")
+        hosts.append((unquote(host), port))
     return tuple(hosts)
+
+
+def _credentials(userinfo: str | None) -> tuple[str | None, str | None]:
+    """(username, password) of the userinfo, decoded; a lone word is the password."""
+    if userinfo is None:
+        return None, None
+    user, colon, password = userinfo.partition(":")
+    if not colon:  # redis://secret@host: the old AUTH <password> form
+        return None, unquote(user)
+    return (unquote(user) or None), unquote(password)
+
+
+def _query(text: str, scheme: str, url: str) -> dict[str, str]:
+    """The query parameters; unknown or repeated names are errors (named, values never shown)."""
+    params: dict[str, str] = {}
+    if not text:
+        return params
+    allowed = QUERY_KEYS[scheme]
+    for item in text.split("&"):
+        key, equals, value = item.partition("=")
+        key = key.lower()
+        if not equals:  # not shown: it could be a misplaced secret
+            raise _fail(url, f"a query parameter without a value (expected name=value); {EXPECTED}")
+        if key not in allowed:
+            raise _fail(
+                url,
+                f"unknown parameter {key[:40]!r} (expected {', '.join(allowed)}); {EXPECTED}",
+            )
+        if key in params:
+            raise _fail(url, f"parameter {key!r} given twice")
+        params[key] = unquote(value)
+    return params
 
 
 def parse(url: str) -> RedisTarget:
     """Parse `url` or raise RedisUrlError with one line that names it (password hidden)."""
-    scheme, sep, _ = url.partition("://")
+    scheme, sep, rest = url.partition("://")
     if not sep:
         raise RedisUrlError(f"redis url {redact(url)!r} is not a URL; {EXPECTED}")
     if scheme not in SCHEMES:
-        raise RedisUrlError(f"redis url {redact(url)!r}: unknown scheme {scheme!r}; {EXPECTED}")
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        raise RedisUrlError(
-            f"redis url {redact(url)!r} cannot be parsed ({exc}); {EXPECTED}"
-        ) from None
-    username = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password is not None else None
-    query = parse_qs(parts.query)
+        raise _fail(url, f"unknown scheme {scheme!r}; {EXPECTED}")
+    at = _userinfo_end(rest, scheme == "unix", scheme.endswith("+sentinel"))
+    userinfo = rest[:at] if at >= 0 else None
+    rest = rest[at + 1 :] if at >= 0 else rest
+    username, password = _credentials(userinfo)
+    rest, _, _fragment = rest.partition("#")
+    rest, _, query_text = rest.partition("?")
+    query = _query(query_text, scheme, url)
     if scheme == "unix":
-        if not parts.path:
-            raise RedisUrlError(f"redis url {redact(url)!r}: no socket path; {EXPECTED}")
-        db = _db(query.get("db", [""])[0], url)
-        return RedisTarget(scheme, path=parts.path, db=db, username=username, password=password)
+        if not rest.startswith("/") or rest == "/":
+            raise _fail(url, f"no socket path; {EXPECTED}")
+        db = _db(query.get("db", ""), url)
+        return RedisTarget(scheme, path=unquote(rest), db=db, username=username, password=password)
+    hostpart, slash, path = rest.partition("/")
     if scheme.endswith("+sentinel"):
-        segments = [s for s in parts.path.split("/") if s]
+        segments = [s for s in path.split("/") if s]
         if not segments:
-            raise RedisUrlError(f"redis url {redact(url)!r}: no master name; {EXPECTED}")
+            raise _fail(url, f"no master name; {EXPECTED}")
         if len(segments) > 2:
-            raise RedisUrlError(f"redis url {redact(url)!r}: too many path parts; {EXPECTED}")
-        db = _db(segments[1] if len(segments) == 2 else query.get("db", [""])[0], url)
-        hosts = _hosts(parts.netloc, url, 26379)
+            raise _fail(url, f"too many path parts; {EXPECTED}")
+        db = _db(segments[1] if len(segments) == 2 else query.get("db", ""), url)
         return RedisTarget(
             scheme,
-            hosts=hosts,
+            hosts=_hosts(hostpart, url, 26379),
             db=db,
             username=username,
             password=password,
             master_name=unquote(segments[0]),
+            sentinel_username=query.get("sentinel_username") or None,
+            sentinel_password=query.get("sentinel_password") or None,
         )
-    path = parts.path.strip("/")
-    db = _db(path if path else query.get("db", [""])[0], url)
-    hosts = _hosts(parts.netloc, url, 6379)
+    path = path.strip("/")
+    db = _db(path if path else query.get("db", ""), url)
+    hosts = _hosts(hostpart, url, 6379)
     if len(hosts) != 1:
-        raise RedisUrlError(f"redis url {redact(url)!r}: exactly one host expected; {EXPECTED}")
+        raise _fail(url, f"exactly one host expected; {EXPECTED}")
     return RedisTarget(scheme, hosts=hosts, db=db, username=username, password=password)

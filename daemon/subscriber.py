@@ -201,7 +201,9 @@ class Subscriber:
         except Exception as exc:
             self._redis_failed(exc)
             return
-        if message is not None:
+        if message is None:
+            self.progress.work_done()  # a healthy, idle subscription: nothing to do
+        else:
             self._handle(message)
 
     def _subscribe(self) -> None:
@@ -311,6 +313,7 @@ class Subscriber:
             self.log.info("message.done", duration=round(time.perf_counter() - started, 6))
         finally:
             self.progress.task_finished()
+            self.progress.work_done()
             self.deadline.listening_again(self.clock())
             structlog.contextvars.unbind_contextvars(*bound)
 
