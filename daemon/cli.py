@@ -73,26 +73,62 @@ class _Parser(argparse.ArgumentParser):
         self.exit(exitcodes.CONFIG, f"{self.prog}: error: {message} (see --help)\n")
 
 
+MAX_SECONDS = 365 * 86400.0  # longer than any useful deadline; socket and time_t safe
+# Linux's own limits (TCP_KEEPIDLE/TCP_KEEPINTVL <= 32767 s, TCP_KEEPCNT <= 127): beyond them
+# setsockopt fails with EINVAL, which would look like an unreachable Redis retried for ever.
+INT_RANGES = {
+    "keepalive_idle": (1, 32767),
+    "keepalive_interval": (1, 32767),
+    "keepalive_count": (1, 127),
+    "max_attempts": (1, 1_000_000),
+    "wait_replicas": (0, 1000),
+}
+MAX_DEAD_LIMIT = 1_000_000
+MAX_RESTARTS = 10_000
+
+
 def _positive(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected seconds > 0") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds > 0")
+    if not 0 < value <= MAX_SECONDS:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds > 0, at most {MAX_SECONDS:.0f}")
     return value
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a TCP port 1-65535, or 0 for none")
     return int(text)
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
-    return int(text)
+def _whole(maximum: int) -> Callable[[str], int]:
+    """argparse type: a whole number 1..maximum."""
+
+    def parse(text: str) -> int:
+        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= maximum:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number 1-{maximum}")
+        return int(text)
+
+    return parse
+
+
+def check_ranges(settings: Settings) -> Settings:
+    """Upper bounds config.load does not check; ConfigError naming the first value out of range.
+
+    Past these, a value crashes deep inside (OverflowError from a socket timeout) or fails as
+    EINVAL at connect time, which reads like an outage.
+    """
+    for name, spec in SPECS.items():
+        value = getattr(settings, name)
+        where = f"{flag_name(name)}={value!r} (env {env_name(name)})"
+        if spec.kind.startswith("float") and value > MAX_SECONDS:
+            raise ConfigError(f"{where}: expected seconds up to {MAX_SECONDS:.0f} (a year)")
+        low, high = INT_RANGES.get(name, (None, None))
+        if low is not None and high is not None and not low <= value <= high:
+            raise ConfigError(f"{where}: expected a whole number {low}-{high}")
+    return settings
 
 
 def _add_setting(parser: argparse.ArgumentParser, name: str, help_text: str = "") -> None:
@@ -233,7 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("action", choices=("list", "requeue", "purge"))
     _add_setting(dead, "queues", "queue whose dead letters to act on")
     dead.add_argument(
-        "--limit", type=_positive_int, default=100, help="how many to list (default 100)"
+        "--limit",
+        type=_whole(MAX_DEAD_LIMIT),
+        default=100,
+        help=f"how many to list (default 100, at most {MAX_DEAD_LIMIT})",
     )
     dead.set_defaults(run=cmd_dead)
 
@@ -262,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watchdog.add_argument(
         "--max-restarts",
-        type=_positive_int,
+        type=_whole(MAX_RESTARTS),
         default=3,
         help="restarts per process "
         "within --restart-window before the watchdog only reports (default 3)",
@@ -314,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Settings:
     flags = {name: getattr(args, name) for name in SPECS if hasattr(args, name)}
-    return config.load(flags, config_path=args.config)
+    return check_ranges(config.load(flags, config_path=args.config))
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -454,8 +493,10 @@ def _stopped(error: BaseException, url: str) -> tuple[int, str]:
     if isinstance(error, ReplicasNotConfirmed):
         return EXIT_UNAVAILABLE, str(error)
     if isinstance(error, redis.RedisError):
-        if is_transient(error):
+        if is_transient(error) and isinstance(error, redis.ConnectionError | redis.TimeoutError):
             return EXIT_UNAVAILABLE, f"redis unreachable ({error})"
+        if is_transient(error):  # an error reply that can pass: OOM, READONLY, LOADING
+            return EXIT_UNAVAILABLE, f"redis refused the push ({error})"
         return exitcodes.CONFIG, fatal_reason(error, url)
     if isinstance(error, OSError):
         return EXIT_IO, f"cannot read the input ({error.strerror or error})"
