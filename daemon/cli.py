@@ -93,7 +93,9 @@ def _positive(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected seconds > 0") from None
     if not 0 < value <= MAX_SECONDS:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds > 0, at most {MAX_SECONDS:.0f}")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected seconds > 0, at most {MAX_SECONDS:.0f}"
+        )
     return value
 
 
