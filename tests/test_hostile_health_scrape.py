@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from redis.backoff import NoBackoff
@@ -179,3 +180,32 @@ def test_status_shows_the_eviction_policy_and_warns_unless_noeviction(
                 assert row["eviction_warning"] == ""
         finally:
             server.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs subscriber.run to serve metrics with no queues when not --durable "
+    "(dataclasses.replace(settings, queues=()) passed to supervise): daemon/subscriber.py",
+)
+def test_a_subscriber_without_durable_reads_no_queue_at_scrape_time(
+    redis_server: RedisServer, taskd: DaemonFactory
+) -> None:
+    client = redis_server.client()
+    client.lpush("task:prodcons:queue", "not the subscriber's")
+    port = free_port()
+    taskd.start(
+        "subscribe",
+        "--redis-url",
+        redis_server.url,
+        "--channel",
+        "news",
+        "--handler",
+        "handlers_for_tests:record",
+        "--metrics-port",
+        str(port),
+    )
+    wait_until(lambda: _sample(_scrape(port), "taskd_redis_connected") == 1, 15, "subscribed")
+    text = _scrape(port)
+    assert "taskd_queue_depth{" not in text and "taskd_queue_workers_alive{" not in text
+    names = [str(info.get("name", "")) for info in client.client_list()]
+    assert not any(name.startswith("taskd-metrics:") for name in names), names
