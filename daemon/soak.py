@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from http.client import HTTPConnection
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 from xmlrpc.client import ServerProxy
 
 from daemon.ports import free_port, free_port_block
@@ -72,6 +72,8 @@ CONSUMER_KILL = "consumer-kill"
 CONSUMER_STOP = "consumer-stop"
 FAIL_BURST = "fail-burst"
 HANG = "hang"
+OOM = "oom"
+LONG_OUTAGE = "long-outage"
 KINDS: tuple[str, ...] = (
     BLACKHOLE,
     RESET,
@@ -82,10 +84,13 @@ KINDS: tuple[str, ...] = (
     CONSUMER_STOP,
     FAIL_BURST,
     HANG,
+    OOM,
+    LONG_OUTAGE,
 )
 PROXY_KINDS = frozenset({BLACKHOLE, RESET, LATENCY})
 REDIS_KINDS = frozenset({REDIS_KILL, REDIS_STOP})
-LINK_KINDS = PROXY_KINDS | REDIS_KINDS  # every consumer must reconnect or carry on
+# every consumer must reconnect or carry on
+LINK_KINDS = PROXY_KINDS | REDIS_KINDS | frozenset({LONG_OUTAGE})
 CONSUMER_KINDS = frozenset({CONSUMER_KILL, CONSUMER_STOP})
 TASK_KINDS = frozenset({FAIL_BURST, HANG})
 
@@ -99,7 +104,18 @@ SIMULATES = {
     CONSUMER_STOP: "a consumer freezes as a whole (SIGSTOP): only the outside watchdog can act",
     FAIL_BURST: "a burst of tasks whose handler always raises (poison tasks)",
     HANG: "a task whose handler never returns (the stall watchdog must exit the process)",
+    OOM: "Redis is full (maxmemory reached, noeviction) while producers keep pushing",
+    LONG_OUTAGE: "Redis is down for days: thousands of reconnect attempts (a tiny backoff cap)",
 }
+
+# redis-py's FullJitterBackoff computed `base * 2 ** failures` and overflowed a float from the
+# 1,024th failure on; a long outage that does not get past this many attempts proves nothing.
+LONG_OUTAGE_MIN_ATTEMPTS = 1100
+# The reconnect backoff of a stack whose schedule has a long outage: at the default one (0.2 s
+# base, 5 s cap) thousands of attempts take hours; at 10 ms they take seconds.
+LONG_OUTAGE_BACKOFF = (0.001, 0.01)
+OOM_FILLER_KEY = "soak:oom-filler"  # a list of OOM_CHUNK-byte strings, deleted at the end
+OOM_CHUNK = 64 * 1024
 
 
 class UsageError(Exception):
@@ -220,6 +236,18 @@ class FaultSpec:
     recover_bound: float
 
 
+def soak_timings(kinds: Iterable[str]) -> Timings:
+    """The stack's timings for a schedule: a tiny reconnect backoff when it has a long outage.
+
+    Settings are read once at process start, so the backoff cannot be shrunk for the outage
+    alone; a smaller cap only makes every other fault's reconnect quicker (its bound follows).
+    """
+    if LONG_OUTAGE not in kinds:
+        return Timings()
+    base, cap = LONG_OUTAGE_BACKOFF
+    return Timings(backoff_base=base, backoff_cap=cap)
+
+
 def fault_specs(compressed: bool, t: Timings) -> dict[str, FaultSpec]:
     """Per kind: held/settle times (full or compressed) and bounds derived from the timings."""
     # A blocked claim or a silent reply is noticed after the socket timeout (block timeout +
@@ -231,9 +259,9 @@ def fault_specs(compressed: bool, t: Timings) -> dict[str, FaultSpec]:
     hang_one = t.task + 1.0 + restart / 2  # task timeout + watchdog interval + restart
     hang_all = t.max_attempts * hang_one + 10.0
     held = (
-        {BLACKHOLE: 6.0, LATENCY: 8.0, REDIS_STOP: 4.0}
+        {BLACKHOLE: 6.0, LATENCY: 8.0, REDIS_STOP: 4.0, OOM: 8.0, LONG_OUTAGE: 15.0}
         if compressed
-        else {BLACKHOLE: 30.0, LATENCY: 60.0, REDIS_STOP: 20.0}
+        else {BLACKHOLE: 30.0, LATENCY: 60.0, REDIS_STOP: 20.0, OOM: 30.0, LONG_OUTAGE: 60.0}
     )
     settle = 3.0 if compressed else 20.0
     expected_stop = t.stall + t.watchdog_grace + t.watchdog_tick  # until the watchdog acts
@@ -248,6 +276,12 @@ def fault_specs(compressed: bool, t: Timings) -> dict[str, FaultSpec]:
         CONSUMER_STOP: FaultSpec(CONSUMER_STOP, expected_stop, settle, outside_watchdog, restart),
         FAIL_BURST: FaultSpec(FAIL_BURST, 0.0, settle, None, 30.0),
         HANG: FaultSpec(HANG, expected_hang, settle, t.task + 15.0, hang_all),
+        # OOM: noticed by the first write a consumer gets refused (heartbeat, claim, ack)
+        OOM: FaultSpec(OOM, held[OOM], settle, link_detect, link_recover),
+        # the held time of a long outage is planned; it lasts until the attempts are made
+        LONG_OUTAGE: FaultSpec(
+            LONG_OUTAGE, held[LONG_OUTAGE], settle, link_detect, link_recover + restart / 3
+        ),
     }
 
 
@@ -323,6 +357,13 @@ def plan_schedule(
             params = {"latency_ms": 200, "jitter_ms": 50}
         elif kind == FAIL_BURST:
             params = {"count": 10 if compressed else 30}
+        elif kind == OOM:  # a backlog the consumers must drain while Redis refuses writes
+            params = {"backlog": 1000 if compressed else 5000, "margin_mb": 1}
+        elif kind == LONG_OUTAGE:  # held until every consumer made this many attempts
+            params = {
+                "attempts": 1500 if compressed else 5000,
+                "max_hold_s": 3 * spec.active,
+            }
         plan.append(PlannedFault(index, kind, round(at, 3), spec.active, target, params))
         at += spec.active + spec.settle
     return plan
@@ -856,6 +897,8 @@ class FaultRun:
     error: str | None = None
     moved_on: float | None = None  # when the run went on to the next fault
     skipped: str | None = None  # not available on an attached stack (not part of the verdict)
+    # what the fault measured while it ran: reconnect attempts per consumer, refused pushes...
+    counts: dict[str, int] = field(default_factory=dict)
 
     def label(self) -> str:
         return f"#{self.index + 1} {self.kind}" + (f" {self.target}" if self.target else "")
@@ -871,6 +914,10 @@ class Evidence:
     watchdog_restarts: list[tuple[float, str, str]] = field(default_factory=list)
     handled: dict[str, tuple[array, array]] = field(default_factory=dict)
     dead_at: dict[int, float] = field(default_factory=dict)
+    out_of_memory: list[float] = field(default_factory=list)  # `redis.out_of_memory` lines
+    # per consumer: (time, attempts) of each `redis.reconnected` line
+    reconnects: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+    done_at: dict[int, float] = field(default_factory=dict)  # first handling of watched ids
 
     def first_disconnect(self, after: float) -> float | None:
         i = bisect.bisect_left(self.disconnects, after)
@@ -887,6 +934,10 @@ class Evidence:
                 return float(times[i])
             i += 1
         return None
+
+    def first_out_of_memory(self, after: float) -> float | None:
+        i = bisect.bisect_left(self.out_of_memory, after)
+        return self.out_of_memory[i] if i < len(self.out_of_memory) else None
 
     def all_handled(self, after: float) -> float | None:
         """When every consumer had handled a task after `after` (None if one never did)."""
@@ -908,6 +959,36 @@ def collect_handled(
     for worker, items in rows.items():
         items.sort()
         out[worker] = (array("d", [t for t, _ in items]), array("q", [p for _, p in items]))
+    return out
+
+
+def link_events(ev: Evidence, logs: dict[str, list[Path]], origin: float) -> None:
+    """Disconnects, reconnects (with their attempt counts) and OOM lines of each consumer."""
+    names = ["redis.disconnected", "redis.reconnected", "redis.out_of_memory"]
+    for worker, paths in logs.items():
+        for t, doc in parse_json_events(read_lines(paths), names):
+            if t < origin:
+                continue
+            if doc["event"] == "redis.disconnected":
+                ev.disconnects.append(t)
+            elif doc["event"] == "redis.reconnected":
+                attempts = doc.get("attempts")
+                n = attempts if isinstance(attempts, int) else 0
+                ev.reconnects.setdefault(worker, []).append((t, n))
+            else:
+                ev.out_of_memory.append(t)
+    ev.disconnects.sort()
+    ev.out_of_memory.sort()
+
+
+def first_done(records: Iterable[Record], ids: set[int]) -> dict[int, float]:
+    """When each of `ids` was first handled successfully (tasks never done are absent)."""
+    wanted = {str(i) for i in ids}
+    out: dict[int, float] = {}
+    for r in records:
+        if r.outcome == "ok" and r.id in wanted:
+            task_id = int(r.id)
+            out[task_id] = min(out.get(task_id, math.inf), r.handled)
     return out
 
 
@@ -936,8 +1017,19 @@ def evaluate_fault(run: FaultRun, spec: FaultSpec, ev: Evidence, origin: float) 
     end = run.ended if run.ended is not None else start
     detected: float | None = None
     recovered: float | None = None
+    extra_why: list[str] = []  # what else fails this fault (long outage, OOM)
     kind = run.kind
-    if kind in LINK_KINDS:
+    if kind == LONG_OUTAGE:
+        detected = ev.first_disconnect(start)
+        recovered, problems = judge_long_outage(run, ev, end, spec.recover_bound)
+        result["notes"] += [p for p in problems if p.startswith("note: ")]
+        extra_why = [p for p in problems if not p.startswith("note: ")]
+    elif kind == OOM:
+        detected = ev.first_out_of_memory(start - 1.0)
+        recovered = ev.all_handled(end)
+        notes, extra_why = judge_oom_drain(run, ev, start, end)
+        result["notes"] += notes
+    elif kind in LINK_KINDS:
         if spec.detect_bound is not None:
             detected = ev.first_disconnect(start)
         recovered = ev.all_handled(end)
@@ -989,7 +1081,7 @@ def evaluate_fault(run: FaultRun, spec: FaultSpec, ev: Evidence, origin: float) 
         if run.ids:
             recovered = ev.dead_at.get(run.ids[0])
     result["held_s"] = round(end - start, 2)
-    why: list[str] = []
+    why: list[str] = list(extra_why)
     if detected is not None:
         result["detected_after_s"] = round(detected - start, 2)
     if spec.detect_bound is not None:
@@ -1009,6 +1101,75 @@ def evaluate_fault(run: FaultRun, spec: FaultSpec, ev: Evidence, origin: float) 
     result["why"] = "; ".join(why) if why else "detected and recovered within bounds"
     result["recovered_at"] = recovered
     return result
+
+
+def judge_long_outage(
+    run: FaultRun, ev: Evidence, end: float, bound: float
+) -> tuple[float | None, list[str]]:
+    """Recovery of a long outage and what else fails it ("note: ..." items are notes only).
+
+    Recovered once every consumer logged `redis.reconnected` and handled a task after Redis
+    came back. Fails when a consumer or the subscriber exited meanwhile (Redis unreachable is
+    never an exit), or when a consumer made too few attempts to pass the old overflow.
+    """
+    problems: list[str] = []
+    start = run.started or end
+    handled = ev.all_handled(end)
+    back: list[float] = []
+    attempts: dict[str, int] = {}
+    for worker in ev.consumers:
+        seen = [(t, n) for t, n in ev.reconnects.get(worker, []) if t >= start]
+        if not seen:
+            problems.append(f"{worker} never logged redis.reconnected")
+            continue
+        back.append(seen[0][0])
+        attempts[worker] = max(seen[0][1], run.counts.get(worker, 0))
+    complete = handled is not None and len(back) == len(ev.consumers)
+    recovered = max([handled, *back]) if complete and handled is not None else None
+    until = (recovered + 1.0) if recovered is not None else end + bound
+    names = {*ev.consumers, "subscriber"}
+    for e in ev.exits:
+        if e.event == "exited" and e.name in names and start - 1.0 <= e.t <= until:
+            problems.append(f"{e.name} exited during the outage ({e.detail})")
+    if attempts:
+        shown = ", ".join(f"{w} {n}" for w, n in sorted(attempts.items()))
+        problems.append(f"note: reconnect attempts before redis.reconnected: {shown}")
+    few = {w: n for w, n in attempts.items() if n < LONG_OUTAGE_MIN_ATTEMPTS}
+    if few:
+        problems.append(
+            "too short to test what it simulates: "
+            + ", ".join(f"{w} made {n}" for w, n in sorted(few.items()))
+            + f" reconnect attempts (< {LONG_OUTAGE_MIN_ATTEMPTS})"
+        )
+    return recovered, problems
+
+
+def judge_oom_drain(
+    run: FaultRun, ev: Evidence, start: float, end: float
+) -> tuple[list[str], list[str]]:
+    """(notes, failures) of the consumers' draining while Redis was full.
+
+    The backlog pushed just before the fill (`run.ids`) that was still there once Redis
+    refused writes must all be handled before the filler is removed: consumers that stop
+    consuming under OOM never free the memory that would end it.
+    """
+    notes = [f"{k.replace('_', ' ')}: {v}" for k, v in sorted(run.counts.items()) if k != "backlog"]
+    if not run.ids:
+        return notes, ["no backlog was pushed before the fill"]
+    waiting = [i for i in run.ids if ev.done_at.get(i, math.inf) > start]
+    drained = sum(1 for i in waiting if ev.done_at.get(i, math.inf) <= end)
+    notes.append(
+        f"{len(waiting)} of {len(run.ids)} backlog task(s) were still queued when Redis became "
+        f"full; {drained} handled while it was full"
+    )
+    if not waiting:
+        return notes, ["the backlog was gone before Redis was full: nothing drained under OOM"]
+    if drained < len(waiting):
+        return notes, [
+            f"consumers did not drain a full Redis: {len(waiting) - drained} of {len(waiting)} "
+            "backlog task(s) still queued when the filler was removed"
+        ]
+    return notes, []
 
 
 def explain_exits(
@@ -1490,6 +1651,18 @@ class Stack:
     def redis_signal(self, sig: int) -> None:
         raise NotImplementedError
 
+    def redis_shut_down(self) -> None:
+        """Stop Redis for a long outage (clean shutdown: the AOF keeps every write)."""
+        raise NotImplementedError
+
+    def redis_start(self) -> float:
+        """Start Redis again after a long outage; returns when it answers PING."""
+        raise NotImplementedError
+
+    def consumer_metrics(self) -> dict[str, str]:
+        """Consumer name -> its /metrics URL (empty when not known)."""
+        return {}
+
     def extra_pids(self) -> dict[str, int]:
         return {}
 
@@ -1542,6 +1715,19 @@ def wait_ready(
         client.close()
 
 
+def redis_config_allowed(url: str) -> bool:
+    """Whether this Redis lets us read (and so, presumably, set) maxmemory."""
+    import redis
+
+    client: Any = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return bool(client.config_get("maxmemory"))
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
 class OwnedStack(Stack):
     """redis-server + chaos proxy + supervisord (from conf/supervisord.conf) in the run folder."""
 
@@ -1567,6 +1753,7 @@ class OwnedStack(Stack):
         self.conf = run_dir / "conf" / "supervisord.conf"
         self.capabilities = frozenset(KINDS)
         self.missing = {}
+        self.metrics_prefix: int | None = None
 
     def start(self, timeout: float = 60.0) -> None:
         for sub in ("conf", "var/run", "var/log", "var/redis", "records"):
@@ -1582,11 +1769,12 @@ class OwnedStack(Stack):
         self.proxy_proc = ProxyProcess(self.redis.port, self.log_dir / "chaos_proxy.log")
         self.proxy_proc.start()
         self.proxy = self.proxy_proc.control
+        self.metrics_prefix = _port_block(len(self.consumers))
         text = build_supervisord_conf(
             (ROOT / "conf" / "supervisord.conf").read_text(),
             proxy_url=self.proxy_proc.url,
             redis_port=self.redis.port,
-            metrics_prefix=_port_block(len(self.consumers)),
+            metrics_prefix=self.metrics_prefix,
             subscriber_metrics=free_port(),
             watchdog_metrics=free_port(),
             web_port=free_port(),
@@ -1622,6 +1810,20 @@ class OwnedStack(Stack):
 
     def redis_signal(self, sig: int) -> None:
         self.redis.send(sig)
+
+    def redis_shut_down(self) -> None:
+        self.redis.stop()
+
+    def redis_start(self) -> float:
+        return self.redis.start()
+
+    def consumer_metrics(self) -> dict[str, str]:
+        if self.metrics_prefix is None:
+            return {}
+        return {
+            name: f"http://127.0.0.1:{self.metrics_prefix * 100 + n}/metrics"
+            for n, name in enumerate(self.consumers)
+        }
 
     def extra_pids(self) -> dict[str, int]:
         pids = {}
@@ -1730,6 +1932,13 @@ class AttachedStack(Stack):
             self.missing.update(
                 {k: "the attached supervisord runs no [program:redis]" for k in REDIS_KINDS}
             )
+        self.missing[LONG_OUTAGE] = (
+            "needs the soak's own stack (its consumers run with a tiny reconnect backoff)"
+        )
+        if redis_config_allowed(self.redis_url):
+            caps.add(OOM)
+        else:
+            self.missing[OOM] = "CONFIG GET/SET maxmemory is not allowed on --redis-url"
         self.capabilities = frozenset(caps)
         for name, info in infos.items():
             paths = [
@@ -1813,8 +2022,11 @@ class Producer(threading.Thread):
     """Pushes tasks straight into Redis at a steady rate, and pub/sub messages at a low one.
 
     A task counts as produced once LPUSH returned; a failed push is retried with the same
-    bodies (a reply lost after the write shows up as a duplicate, never as a loss). After an
-    outage the producer does not burst to catch up more than one second of tasks.
+    bodies (a reply lost after the write shows up as a duplicate, never as a loss). A push
+    Redis answered with an error (OOM: maxmemory reached) was refused, so it stored nothing:
+    its ordinary tasks are dropped as never produced (counted in `push_refused`, like a web
+    request answered 503) and the producer keeps its pace; injected tasks are retried. After
+    an outage the producer does not burst to catch up more than one second of tasks.
     """
 
     TICK = 0.02
@@ -1854,6 +2066,7 @@ class Producer(threading.Thread):
         self.next_n = 1
         self.next_p = 1
         self.push_errors = 0
+        self.push_refused = 0  # tasks whose push Redis refused (never produced)
         self.last_error = ""
         self.skipped_seconds = 0.0
         self.published = 0
@@ -1883,8 +2096,53 @@ class Producer(threading.Thread):
         body = json.dumps({"id": task_id, "t": round(t, 6), "kind": kind}, separators=(",", ":"))
         return task_id, t, kind, body.encode()
 
+    def _push(self, out: TextIO) -> float | None:
+        """Push what is pending, one LPUSH per batch (each stored whole or not at all).
+
+        None once all of it is pushed (or dropped as refused), else the seconds to wait
+        before retrying what is left.
+        """
+        from daemon.producer import BATCH, enqueue_many
+
+        while self._pending:
+            batch = self._pending[:BATCH]
+            try:
+                enqueue_many(self.client, self.queue, [p[3] for p in batch])
+            except Exception as exc:  # noqa: BLE001 - any failure: retry the same bodies
+                self.push_errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                return self.TICK if self._refused(exc) else 0.2
+            with self.lock:
+                for task_id, t, kind, _ in batch:
+                    self.produced.add(task_id, t, kind)
+                    out.write(f"{task_id} {t:.6f} {kind}\n")
+            del self._pending[: len(batch)]
+            out.flush()
+        pushed_at = time.time()
+        for injection in self._pending_injections:
+            injection.pushed_at = pushed_at
+            injection.pushed.set()
+        self._pending_injections = []
+        return None
+
+    def _refused(self, exc: Exception) -> bool:
+        """An error reply stored nothing: drop its ordinary tasks (not produced), keep the rest.
+
+        True when nothing is left to retry: the next tick makes new tasks at the usual pace.
+        """
+        import redis
+
+        cause = getattr(exc, "cause", exc)  # enqueue_many wraps it in PushStopped
+        if not isinstance(cause, redis.ResponseError):
+            return False
+        injected = {i for injection in self._pending_injections for i in injection.ids}
+        kept = [p for p in self._pending if p[0] in injected]
+        self.push_refused += len(self._pending) - len(kept)
+        self._pending = kept
+        return not kept
+
     def run(self) -> None:
-        from daemon.producer import enqueue_many, publish
+        from daemon.producer import publish
 
         with open(self.produced_path, "a", encoding="ascii") as out:
             started = time.monotonic()
@@ -1910,24 +2168,10 @@ class Producer(threading.Thread):
                     made += max(0, due)
                     self._pending_injections = injections
                 if self._pending:
-                    try:
-                        enqueue_many(self.client, self.queue, [p[3] for p in self._pending])
-                    except Exception as exc:  # noqa: BLE001 - any failure: retry the same bodies
-                        self.push_errors += 1
-                        self.last_error = f"{type(exc).__name__}: {exc}"
-                        self._halt.wait(0.2)
+                    wait = self._push(out)
+                    if wait is not None:
+                        self._halt.wait(wait)
                         continue
-                    pushed_at = time.time()
-                    with self.lock:
-                        for task_id, t, kind, _ in self._pending:
-                            self.produced.add(task_id, t, kind)
-                            out.write(f"{task_id} {t:.6f} {kind}\n")
-                    self._pending = []
-                    for injection in self._pending_injections:
-                        injection.pushed_at = pushed_at
-                        injection.pushed.set()
-                    self._pending_injections = []
-                    out.flush()
                 if self.pubsub_rate and self.producing.is_set() and now >= next_pub:
                     next_pub = max(next_pub + 1.0 / self.pubsub_rate, now - 1.0)
                     body = json.dumps({"p": self.base + self.next_p, "t": round(time.time(), 6)})
@@ -2201,7 +2445,7 @@ class SoakRun:
     def __init__(self, opts: Options, stream: Any = None) -> None:
         self.opts = opts
         self.stream = stream or sys.stderr
-        self.timings = Timings()
+        self.timings = soak_timings(opts.faults)
         self.specs = fault_specs(opts.compressed, self.timings)
         self.plan = plan_schedule(
             opts.faults, opts.duration, opts.seed, opts.compressed, opts.consumers, self.timings
@@ -2224,6 +2468,8 @@ class SoakRun:
         self.drain_seconds = 0.0
         self.paused_pids: set[int] = set()
         self.redis_paused = False
+        self.redis_down = False  # a long outage shut Redis down: start it again when undoing
+        self.oom_restore: dict[str, str] | None = None  # maxmemory settings an OOM fault changed
         self.dead_snapshot: list[bytes] = []
         self.leftovers: dict[str, list[int]] = {}
         self.error: str | None = None
@@ -2316,6 +2562,7 @@ class SoakRun:
                 "published_unheard": p.published_unheard if p else 0,
                 "publish_errors": p.publish_errors if p else 0,
                 "push_errors": p.push_errors if p else 0,
+                "push_refused": p.push_refused if p else 0,
                 "skipped_seconds": p.skipped_seconds if p else 0.0,
             },
             timings=asdict(self.timings),
@@ -2460,6 +2707,12 @@ class SoakRun:
             with contextlib.suppress(Exception):
                 stack.redis_signal(signal.SIGCONT)
             self.redis_paused = False
+        if self.redis_down:
+            with contextlib.suppress(Exception):
+                stack.redis_start()
+            self.redis_down = False
+        with contextlib.suppress(Exception):
+            self._oom_undo()
         for pid in list(self.paused_pids):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGCONT)
@@ -2478,7 +2731,7 @@ class SoakRun:
     def _recovered_live(self, run: FaultRun) -> bool:
         assert self.tail is not None and self.stack is not None
         end = run.ended if run.ended is not None else (run.started or 0.0)
-        if run.kind in LINK_KINDS:
+        if run.kind in LINK_KINDS or run.kind == OOM:
             return self.tail.all_handled_after(self.stack.consumers, end)
         if run.kind in CONSUMER_KINDS:
             return self.tail.handled_after(run.target, end, not_pid=run.old_pid)
@@ -2602,14 +2855,16 @@ class SoakRun:
             if run.ended is None:
                 run.ended = time.time()
 
-    def _inject(self, run: FaultRun, kind: str, count: int) -> Generator[float, None, None]:
+    def _inject(
+        self, run: FaultRun, kind: str, count: int, poll: float = 0.1
+    ) -> Generator[float, None, None]:
         assert self.producer is not None
         injection = self.producer.inject(kind, count)
         deadline = time.time() + 30.0
         while not injection.pushed.is_set():
             if time.time() > deadline:
                 raise RuntimeError(f"the producer could not push the {kind} task(s) in 30s")
-            yield 0.1
+            yield poll
         run.ids = list(injection.ids)
         run.started = run.ended = injection.pushed_at
         run.notes.append(f"{len(run.ids)} task(s): ids {run.ids[0]}..{run.ids[-1]}")
@@ -2619,6 +2874,114 @@ class SoakRun:
 
     def _f_hang(self, run: FaultRun) -> Generator[float, None, None]:
         yield from self._inject(run, "hang", 1)
+
+    def _redis_direct(self) -> Any:
+        import redis
+
+        assert self.stack is not None
+        return redis.Redis.from_url(
+            self.stack.redis_url, socket_timeout=5, socket_connect_timeout=2
+        )
+
+    def _f_oom(self, run: FaultRun) -> Generator[float, None, None]:
+        """Fill Redis to maxmemory (noeviction) right after a backlog, hold, free it again.
+
+        maxmemory is set just above the used memory, the producer pushes a backlog, and a
+        filler key takes the rest until Redis refuses it (OOM). maxmemory is then lowered a
+        little below what is used, so that neither the filler's own client buffers being
+        shrunk nor the memory the consumers free by draining ends the fault early: what is
+        still queued must drain while Redis refuses writes. The filler is topped up if
+        Redis ever accepts writes again during the hold.
+        """
+        client = self._redis_direct()
+        backlog = int(run.params.get("backlog", 1000))
+        size = 128 * backlog  # a task body and its list entry, roughly
+        margin = max(int(float(run.params.get("margin_mb", 1)) * 2**20), 2 * size)
+        try:
+            config = {**client.config_get("maxmemory"), **client.config_get("maxmemory-policy")}
+            self.oom_restore = {k: str(v) for k, v in config.items()}
+            client.config_set("maxmemory-policy", "noeviction")
+            client.config_set("maxmemory", str(_used_memory(client) + margin))
+            yield from self._inject(run, "ok", backlog, poll=0.02)
+            run.notes[-1] = "backlog " + run.notes[-1]
+            used, limit = make_full(client, size + 2 * OOM_CHUNK)
+            run.started = time.time()
+            run.counts["maxmemory"] = limit
+            refused_before = self.producer.push_refused if self.producer else 0
+            peak = used
+            while time.time() < run.started + self.plan[run.index].active:
+                yield 0.25
+                _fill(client, most=16)
+                peak = max(peak, _used_memory(client))
+            run.counts["producer_pushes_refused"] = (
+                self.producer.push_refused - refused_before if self.producer else 0
+            )
+            run.counts["used_memory_growth_bytes"] = peak - used
+        finally:
+            with contextlib.suppress(Exception):
+                run.counts["filler_bytes"] = OOM_CHUNK * int(client.llen(OOM_FILLER_KEY))
+            client.close()
+            self._oom_undo()
+            if run.started is not None:
+                run.ended = time.time()
+
+    def _oom_undo(self) -> None:
+        """Delete the filler and put maxmemory and its policy back (idempotent)."""
+        if self.oom_restore is None:
+            return
+        client = self._redis_direct()
+        try:
+            client.delete(OOM_FILLER_KEY)
+            for name, value in self.oom_restore.items():
+                client.config_set(name, value)
+            self.oom_restore = None
+        finally:
+            client.close()
+
+    def _attempts_now(self) -> dict[str, int]:
+        """Failed Redis calls so far per consumer, from its metrics (absent when unreadable)."""
+        assert self.stack is not None
+        out: dict[str, int] = {}
+        for name, url in self.stack.consumer_metrics().items():
+            with (
+                contextlib.suppress(OSError, ValueError),
+                urllib.request.urlopen(url, timeout=1.0) as reply,
+            ):
+                out[name] = redis_errors_total(reply.read().decode("utf-8", "replace"))
+        return out
+
+    def _f_long_outage(self, run: FaultRun) -> Generator[float, None, None]:
+        """Redis shut down until every consumer made thousands of reconnect attempts.
+
+        Held until the consumers' own error counters say so (or `max_hold_s`; without
+        metrics, the planned time), then Redis is started again from its AOF.
+        """
+        assert self.stack is not None
+        target = int(run.params.get("attempts", 1500))
+        max_hold = float(run.params.get("max_hold_s", 45.0))
+        before = self._attempts_now()
+        self.stack.redis_shut_down()
+        self.redis_down = True
+        run.started = time.time()
+        made: dict[str, int] = {}
+        try:
+            while time.time() < run.started + max_hold:
+                yield 0.5
+                now = self._attempts_now()
+                made = {k: v - before.get(k, 0) for k, v in now.items()}
+                if not before or len(now) < len(before):
+                    if time.time() >= run.started + self.plan[run.index].active:
+                        break
+                elif all(v >= target for v in made.values()):
+                    break
+            run.counts.update(made)
+        finally:
+            run.ended = self.stack.redis_start()
+            self.redis_down = False
+        run.notes.append(
+            f"Redis down {run.ended - run.started:.1f}s (until every consumer made {target} "
+            f"attempts, at most {max_hold:g}s)"
+        )
 
     # -- the end ----------------------------------------------------------------------------
     def _drain(self) -> None:
@@ -2725,6 +3088,42 @@ class SoakRun:
 
 
 # ---------------------------------------------------------------------------- analysis
+def _used_memory(client: Any) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def make_full(client: Any, below: int) -> tuple[int, int]:
+    """Fill until Redis refuses a write as OOM, then keep it full: maxmemory `below` bytes
+    under the memory used. Returns (used, maxmemory); raises RuntimeError if never refused."""
+    if not _fill(client):
+        raise RuntimeError("Redis never refused the filler (maxmemory not reached)")
+    used = _used_memory(client)
+    limit = max(1, used - below)
+    client.config_set("maxmemory", str(limit))
+    return used, limit
+
+
+def _fill(client: Any, most: int = 512) -> bool:
+    """Append filler chunks until Redis refuses one as OOM (True), at most `most` of them."""
+    import redis
+
+    chunk = b"x" * OOM_CHUNK
+    for _ in range(most):
+        try:
+            client.rpush(OOM_FILLER_KEY, chunk)
+        except redis.exceptions.OutOfMemoryError:
+            return True
+    return False
+
+
+_ERRORS_LINE = re.compile(r"^taskd_redis_errors_total(?:\{[^}]*\})?\s+(\S+)", re.MULTILINE)
+
+
+def redis_errors_total(metrics_text: str) -> int:
+    """Sum of `taskd_redis_errors_total` over its labels in a /metrics page."""
+    return int(sum(float(v) for v in _ERRORS_LINE.findall(metrics_text)))
+
+
 def read_samples(path: Path) -> list[dict[str, Any]]:
     """The sampler's lines (time, depths, per-process pid/RSS/fds)."""
     out = []
@@ -2858,12 +3257,7 @@ def analyze(state: RunState, produced: ProducedSet | None = None) -> dict[str, A
     logs = {name: [Path(p) for p in paths] for name, paths in state.logs.items()}
     since = origin - 1.0
     ev = Evidence(consumers=consumers)
-    ev.disconnects = sorted(
-        t
-        for c in consumers
-        for t, _ in parse_json_events(read_lines(logs.get(c, [])), ["redis.disconnected"])
-        if t >= origin
-    )
+    link_events(ev, {c: logs.get(c, []) for c in consumers}, origin)
     ev.exits = [
         e for e in parse_supervisord_log(read_lines(logs.get("supervisord", []))) if e.t >= origin
     ]
@@ -2873,6 +3267,9 @@ def analyze(state: RunState, produced: ProducedSet | None = None) -> dict[str, A
         if t >= origin
     ]
     ev.handled = collect_handled(read_records(records_dir, since), consumers)
+    watched = {i for r in all_runs if r.kind == OOM and r.skipped is None for i in r.ids}
+    if watched:
+        ev.done_at = first_done(read_records(records_dir, since), watched)
     from daemon.reliable import parse_dead_letter
 
     dead_ids: list[int | None] = []
@@ -2981,6 +3378,11 @@ def analyze(state: RunState, produced: ProducedSet | None = None) -> dict[str, A
             f"the producer could not push for {producer['skipped_seconds']:.0f}s in total "
             "(Redis down or frozen); it resumed its pace without bursting"
         )
+    if producer.get("push_refused", 0):
+        warnings.append(
+            f"Redis refused the producer's pushes of {producer['push_refused']} task(s) (out "
+            "of memory): never produced, so not counted as lost"
+        )
     if state.error:
         warnings.append(f"run error: {state.error}")
     passed = all(c["ok"] for c in checks) and state.signal_received is None and not state.error
@@ -3040,6 +3442,7 @@ def analyze(state: RunState, produced: ProducedSet | None = None) -> dict[str, A
             **rec.as_dict(),
             "lost_where": dict(lost_where),
             "push_errors": producer.get("push_errors", 0),
+            "push_refused": producer.get("push_refused", 0),
             "producer_paused_s": round(producer.get("skipped_seconds", 0.0), 1),
         },
         "pubsub": {
@@ -3191,9 +3594,10 @@ def render_markdown(doc: dict[str, Any]) -> str:
         "",
         "Detection: the first `redis.disconnected` of a consumer (link and Redis faults), "
         "supervisord's exit line (kill -9, exit 70 of a hang), the watchdog's `watchdog.restart` "
-        "(frozen consumer). Recovery: every consumer handled a task again after the fault ended "
-        "(the restarted process, for consumer faults; all failing tasks dead-lettered, for "
-        "poison tasks).",
+        "(frozen consumer), a consumer's `redis.out_of_memory` (Redis full). Recovery: every "
+        "consumer handled a task again after the fault ended (the restarted process, for "
+        "consumer faults; all failing tasks dead-lettered, for poison tasks; after a long outage "
+        "also every consumer's `redis.reconnected`, and no process exited meanwhile).",
         "",
         "| # | fault | at | held | detected after (bound) | recovered after (bound) | result "
         "| notes |",
@@ -3373,7 +3777,9 @@ as designed, no leak slope, every restart explained), 1 FAIL, 69 the stack could
 --attach expects a running supervisord stack (see docs/soak.md): its consumers run
 --handler daemon.soak_handler:handle with SOAK_RECORDS_DIR=<--records-dir> and the soak
 timings; --redis-url is the Redis they consume (the producer pushes there directly);
-proxy faults need --proxy-control, Redis faults a [program:redis] in that supervisord.
+proxy faults need --proxy-control, Redis faults a [program:redis] in that supervisord;
+oom needs CONFIG on that Redis; long-outage runs only on the soak's own stack (a schedule with
+it gives every process a tiny reconnect backoff: 1 ms base, 10 ms cap).
 """
 
 
@@ -3392,7 +3798,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--duration", help="how long to produce: 90s, 10m, 2h (default 10m; 90s with --compressed)"
+        "--duration",
+        help="how long to produce: 90s, 10m, 2h (default 10m; 2m with --compressed)",
     )
     p.add_argument("--rate", default="200", help="tasks per second (default 200)")
     p.add_argument("--faults", default="all", help="all, none, or a comma list (default all)")
@@ -3402,8 +3809,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compressed",
         action="store_true",
-        help="short faults (black hole 6 s, latency 8 s, SIGSTOP 4 s...): every kind "
-        "once in about 90 s, for CI",
+        help="short faults (black hole 6 s, latency 8 s, SIGSTOP 4 s, OOM 8 s, a long "
+        "outage of ~1,500 reconnect attempts...): every kind once in about 2 minutes, for CI",
     )
     p.add_argument(
         "--attach",
@@ -3456,7 +3863,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
     """Flags -> Options; raises UsageError with one line for anything wrong."""
     args = build_parser().parse_args(argv)
     try:
-        duration = parse_duration(args.duration or ("90s" if args.compressed else "10m"))
+        duration = parse_duration(args.duration or ("2m" if args.compressed else "10m"))
     except ValueError as exc:
         raise UsageError(f"--duration={exc}") from None
     try:
@@ -3509,7 +3916,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
             n += 1
             run_dir = ROOT / "var" / "soak" / f"{stamp}-{n}"
     try:
-        plan_schedule(faults, duration, seed, args.compressed, consumers)
+        plan_schedule(faults, duration, seed, args.compressed, consumers, soak_timings(faults))
     except ScheduleError as exc:
         raise UsageError(str(exc)) from None
     return Options(

@@ -23,6 +23,8 @@ from daemon.soak import (
     HANG,
     KINDS,
     LATENCY,
+    LONG_OUTAGE,
+    OOM,
     REDIS_KILL,
     Evidence,
     FaultRun,
@@ -34,6 +36,9 @@ from daemon.soak import (
 )
 
 SCRIPT = str(ROOT / "scripts" / "soak.py")
+# The CI soak's kinds: every kind but the Redis-full and long-outage ones, which do not fit its
+# 90 s and run in tests/test_hostile_soak_faults.py.
+CI_KINDS = tuple(k for k in KINDS if k not in (OOM, LONG_OUTAGE))
 
 
 def run_soak(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -89,6 +94,9 @@ def test_faults_flag_takes_all_none_or_a_list() -> None:
     assert soak.parse_faults("all") == KINDS
     assert soak.parse_faults("none") == ()
     assert soak.parse_faults("hang, redis_kill,hang") == (HANG, REDIS_KILL)
+    assert OOM in KINDS and LONG_OUTAGE in KINDS
+    assert soak.parse_faults("oom,long_outage") == (OOM, LONG_OUTAGE)
+    assert soak.parse_faults("long-outage") == (LONG_OUTAGE,)
     with pytest.raises(ValueError, match="unknown fault"):
         soak.parse_faults("blackhole,earthquake")
 
@@ -117,18 +125,24 @@ def test_bad_flags_exit_78_with_one_line(
 
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert soak.main(["--help"]) == 0
-    assert "--compressed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--compressed" in out
+    for kind in KINDS:
+        assert f"  {kind} " in out, kind
 
 
 # ---------------------------------------------------------------------------- schedule
 def test_schedule_covers_every_kind_and_is_reproducible_with_a_seed() -> None:
-    first = soak.plan_schedule(KINDS, 90, 7, True, 2)
-    again = soak.plan_schedule(KINDS, 90, 7, True, 2)
-    other = soak.plan_schedule(KINDS, 90, 8, True, 2)
+    first = soak.plan_schedule(KINDS, 120, 7, True, 2)
+    again = soak.plan_schedule(KINDS, 120, 7, True, 2)
+    other = soak.plan_schedule(KINDS, 120, 8, True, 2)
     assert first == again
     assert first != other
     assert sorted(p.kind for p in first) == sorted(KINDS)
     assert all(p.target.startswith("consumer_0") for p in first if p.kind.startswith("consumer"))
+    by_kind = {p.kind: p for p in first}
+    assert by_kind[OOM].params["backlog"] > 0
+    assert by_kind[LONG_OUTAGE].params["attempts"] > soak.LONG_OUTAGE_MIN_ATTEMPTS
 
 
 def test_schedule_spreads_faults_without_overlap_within_the_duration() -> None:
@@ -142,7 +156,11 @@ def test_schedule_spreads_faults_without_overlap_within_the_duration() -> None:
 
 
 def test_compressed_schedule_fits_the_ci_run_and_a_short_full_run_is_refused() -> None:
-    assert soak.plan_schedule(KINDS, 90, 1, True, 2)
+    assert soak.plan_schedule(CI_KINDS, 90, 1, True, 2)
+    assert soak.plan_schedule(KINDS, 120, 1, True, 2)  # the --compressed default, every kind
+    with pytest.raises(soak.ScheduleError, match="at least"):
+        soak.plan_schedule(KINDS, 90, 1, True, 2)
+    assert soak.plan_schedule((OOM, LONG_OUTAGE), 40, 1, True, 2)
     with pytest.raises(soak.ScheduleError, match="at least"):
         soak.plan_schedule(KINDS, 120, 1, False, 2)
     assert soak.plan_schedule((), 10, 1, False, 2) == []
@@ -418,6 +436,7 @@ def test_short_ci_soak_with_every_fault_kind_loses_nothing_and_passes(tmp_path: 
     started = time.monotonic()
     proc = run_soak(
         "--duration", "90s", "--compressed", "--rate", "50", "--run-dir", str(run_dir),
+        "--faults", ",".join(CI_KINDS),
         timeout=220,
     )  # fmt: skip
     took = time.monotonic() - started
@@ -426,7 +445,7 @@ def test_short_ci_soak_with_every_fault_kind_loses_nothing_and_passes(tmp_path: 
     assert proc.returncode == 0, (proc.stderr[-3000:], doc["verdict"], failed)
     assert doc["verdict"]["status"] == "PASS"
     assert doc["tasks"]["lost_count"] == 0 and doc["tasks"]["done"] > 4000
-    assert sorted(f["kind"] for f in doc["faults"]) == sorted(KINDS)
+    assert sorted(f["kind"] for f in doc["faults"]) == sorted(CI_KINDS)
     assert all(f["ok"] and f["recovered_after_s"] is not None for f in doc["faults"])
     assert doc["tasks"]["dead_letters_as_designed"]
     for name in ("report.md", "supervisord.log", "consumer_00.log", "watchdog.log"):
