@@ -6,6 +6,11 @@ On every TICK_5 this listener gathers each RUNNING process's state over XML-RPC 
 heartbeat file, decides in a pure function (`decide`), and acts through XML-RPC: SIGABRT
 (faulthandler dumps the stacks) and SIGCONT, then SIGKILL if needed, then start again.
 
+Staleness is judged on the listener's monotonic clock: the file counts as stale when its content
+(a sequence number changes on every write) has not changed for the process's stall timeout +
+grace. Wall-clock times are never compared, so a clock step (NTP, a VM resumed, a wrong RTC
+corrected) neither restarts healthy processes nor hides frozen ones.
+
 Protocol (supervisor's childutils): READY, a header line, a payload, ``RESULT 2\\nOK``.
 stdout carries only that protocol; every log line goes to stderr.
 """
@@ -45,39 +50,73 @@ class Verdict:
     heartbeat_age: float | None = None
 
 
+@dataclass(frozen=True)
+class Seen:
+    """What the listener remembers of one process, on its own monotonic clock.
+
+    `pid_since`: when this pid was first seen RUNNING; `content`: the heartbeat file as last
+    read (its `seq` changes on every write); `changed_at`: when that content last changed.
+    No wall-clock time is compared: a clock step neither ages nor freshens a heartbeat.
+    """
+
+    pid: int | None
+    pid_since: float
+    content: dict[str, Any] | None
+    changed_at: float
+
+
+def observe(
+    previous: Seen | None, info: dict[str, Any], heartbeat: dict[str, Any] | None, now: float
+) -> Seen:
+    """Pure: the memory after one tick (`now` is monotonic). A new pid starts a new memory."""
+    pid = info.get("pid")
+    if previous is None or previous.pid != pid:
+        return Seen(pid, now, heartbeat, now)
+    if heartbeat != previous.content:
+        return Seen(pid, previous.pid_since, heartbeat, now)
+    return previous
+
+
 def decide(
     info: dict[str, Any],
     heartbeat: dict[str, Any] | None,
     now: float,
     grace: float,
     startup_timeout: float | None = None,
+    seen: Seen | None = None,
 ) -> Verdict:
     """Pure decision for one supervisord process (getProcessInfo dict) and its heartbeat.
 
-    A process without a heartbeat file is left alone, unless `startup_timeout` is given (its
-    group is watched explicitly) and it has run that long without ever writing one.
+    `now` is the listener's monotonic clock and `seen` its memory of the process after this
+    tick (`observe`; None = seen for the first time now). The heartbeat is stale when its
+    content has not changed for longer than the process's stall timeout + `grace`: the
+    wall-clock `time` inside the file is never compared with anything. A process without a
+    heartbeat file is left alone, unless `startup_timeout` is given (its group is watched
+    explicitly) and it has run that long, as far as this listener saw, without writing one.
     """
     if info.get("statename") != "RUNNING":
         return Verdict(False, f"not running ({info.get('statename')})")
+    if seen is None:
+        seen = observe(None, info, heartbeat, now)
+    running = now - seen.pid_since
     if heartbeat is None:
-        age = now - float(info.get("start", now))
-        if startup_timeout is not None and age > startup_timeout:
-            return Verdict(True, f"no heartbeat file after {age:.0f} s", age)
+        if startup_timeout is not None and running > startup_timeout:
+            return Verdict(True, f"no heartbeat file after {running:.0f} s", running)
         return Verdict(False, "no heartbeat file (not a taskd process, or not started yet)")
-    stall = float(heartbeat.get("stall_timeout", 60.0))
-    limit = stall + grace
-    written = float(heartbeat.get("time", 0.0))
+    limit = float(heartbeat.get("stall_timeout", 60.0)) + grace
     if heartbeat.get("pid") != info.get("pid"):
-        # the file is from an earlier incarnation: judge the new one by its age
-        started = float(info.get("start", now))
-        age = now - started
-        if age > limit:
-            return Verdict(True, f"no heartbeat from pid {info.get('pid')} in {age:.0f} s", age)
-        return Verdict(False, "starting", age)
-    age = now - written
+        # the file is from an earlier incarnation: judge the new one by how long it has run
+        if running > limit:
+            return Verdict(
+                True, f"no heartbeat from pid {info.get('pid')} in {running:.0f} s", running
+            )
+        return Verdict(False, "starting", running)
+    age = now - seen.changed_at
     if age > limit:
         return Verdict(
-            True, f"heartbeat {age:.0f} s old, past stall timeout + grace {limit:g} s", age
+            True,
+            f"heartbeat unchanged for {age:.0f} s, past stall timeout + grace {limit:g} s",
+            age,
         )
     return Verdict(False, "fresh", age)
 
@@ -111,20 +150,25 @@ class Watchdog:
         self.limits = RateLimit(args.max_restarts, args.restart_window)
         self.rpc_factory = rpc_factory
         self.log = log
+        self.seen: dict[str, Seen] = {}  # "group:name" -> what the last tick saw
 
     def check(self) -> None:
         """One round: every RUNNING process of the watched groups against its heartbeat."""
         rpc = self.rpc_factory()
-        now = time.time()
+        now = time.monotonic()
+        memory: dict[str, Seen] = {}
         for info in rpc.supervisor.getAllProcessInfo():
             if self.groups and info.get("group") not in self.groups:
                 continue
+            full = f"{info.get('group')}:{info.get('name')}"
             path = self.heartbeat_dir / f"{info['name']}.json"
             heartbeat = read_heartbeat_file(str(path))
+            seen = memory[full] = observe(self.seen.get(full), info, heartbeat, now)
             startup = self.startup_timeout if self.groups else None
-            verdict = decide(info, heartbeat, now, self.grace, startup)
+            verdict = decide(info, heartbeat, now, self.grace, startup, seen)
             if verdict.restart:
                 self._restart(rpc, info, verdict, now)
+        self.seen = memory  # processes gone from supervisord are forgotten
 
     def _restart(self, rpc: Any, info: dict[str, Any], verdict: Verdict, now: float) -> None:
         full = f"{info['group']}:{info['name']}"

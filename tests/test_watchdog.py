@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from conftest import ROOT
-from daemon.watchdog import RateLimit, decide
+from daemon.watchdog import RateLimit, Seen, decide
 
 RUNNING = {"statename": "RUNNING", "pid": 42, "start": 1000.0, "name": "consumer_00"}
 
@@ -17,15 +17,19 @@ def test_fresh_heartbeat_is_left_alone() -> None:
 
 
 def test_stale_heartbeat_past_stall_timeout_plus_grace_restarts() -> None:
-    hb = {"pid": 42, "time": 1930.0, "stall_timeout": 60}
-    verdict = decide(RUNNING, hb, now=2000.0, grace=5)
+    # staleness = unchanged on the listener's monotonic clock (it last changed at 1930)
+    hb = {"pid": 42, "seq": 7, "time": 1930.0, "stall_timeout": 60}
+    seen = Seen(pid=42, pid_since=1000.0, content=hb, changed_at=1930.0)
+    verdict = decide(RUNNING, hb, now=2000.0, grace=5, seen=seen)
     assert verdict.restart and verdict.heartbeat_age == 70.0
 
 
 def test_heartbeat_of_an_earlier_pid_judges_the_new_process_by_its_age() -> None:
     old = {"pid": 41, "time": 1.0, "stall_timeout": 60}
-    assert not decide({**RUNNING, "start": 1990.0}, old, now=2000.0, grace=5).restart
-    assert decide({**RUNNING, "start": 1900.0}, old, now=2000.0, grace=5).restart
+    young = Seen(pid=42, pid_since=1990.0, content=old, changed_at=1990.0)
+    aged = Seen(pid=42, pid_since=1900.0, content=old, changed_at=1900.0)
+    assert not decide({**RUNNING, "start": 1990.0}, old, now=2000.0, grace=5, seen=young).restart
+    assert decide({**RUNNING, "start": 1900.0}, old, now=2000.0, grace=5, seen=aged).restart
 
 
 def test_processes_without_heartbeat_or_not_running_are_skipped() -> None:
@@ -88,5 +92,7 @@ def test_listener_survives_garbage_and_speaks_only_the_protocol_on_stdout() -> N
 def test_watched_process_that_never_wrote_a_heartbeat_is_restarted_after_startup_timeout() -> None:
     young = {**RUNNING, "start": 1990.0}
     old = {**RUNNING, "start": 1800.0}
-    assert not decide(young, None, now=2000.0, grace=5, startup_timeout=120).restart
-    assert decide(old, None, now=2000.0, grace=5, startup_timeout=120).restart
+    seen_young = Seen(pid=42, pid_since=1990.0, content=None, changed_at=1990.0)
+    seen_old = Seen(pid=42, pid_since=1800.0, content=None, changed_at=1800.0)
+    assert not decide(young, None, 2000.0, grace=5, startup_timeout=120, seen=seen_young).restart
+    assert decide(old, None, now=2000.0, grace=5, startup_timeout=120, seen=seen_old).restart
