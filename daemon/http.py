@@ -27,6 +27,7 @@ from daemon import metrics
 from daemon.config import ConfigError, Settings
 from daemon.connection import LinkState
 from daemon.liveness import GuardedThread, Progress, Snapshot, stall_reason
+from daemon.redis_url import redact
 from daemon.status import QueueStatus
 
 SCRAPE_DEADLINE = 2.0  # seconds one scrape may spend reading depths before it answers without
@@ -189,7 +190,8 @@ def health(
     """
     snap = progress.snapshot()
     since_work = progress.since_work()
-    dead = helper_reason(dict(progress.dead_helpers))
+    deaths = {name: redact(error) for name, error in progress.dead_helpers.items()}
+    dead = helper_reason(deaths)
     stalled = stall_reason(snap, settings.stall_timeout, settings.task_timeout)
     stale = stale_work_reason(snap, since_work, since_reachable, settings.stall_timeout, link)
     reason = dead or stalled or stale
@@ -199,8 +201,8 @@ def health(
         **snap.as_dict(),
         "seconds_since_work": round(since_work, 3),
     }
-    if progress.dead_helpers:
-        body["dead_helpers"] = dict(progress.dead_helpers)
+    if deaths:
+        body["dead_helpers"] = deaths  # error texts may quote a Redis URL: its password hidden
     if reason:
         body["reason"] = reason
     return (503 if reason else 200), body

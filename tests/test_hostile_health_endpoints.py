@@ -169,3 +169,10 @@ def test_a_dead_http_server_thread_is_counted_recorded_and_fails_healthz() -> No
     status, body = health(progress, settings, link)
     assert status == 503 and "http: RuntimeError: selector gone" in body["reason"]
     server.server_close()
+
+
+def test_healthz_never_shows_a_password_quoted_in_a_helper_error() -> None:
+    _, progress, link, settings = _setup()
+    progress.helper_died("http", "ConnectionError: redis://:s3cr/et@pw@10.0.0.1:6379/0 refused")
+    status, body = health(progress, settings, link)
+    assert status == 503 and "s3cr" not in json.dumps(body) and "***" in body["reason"]
