@@ -4,6 +4,12 @@ One turn of the loop: mark progress, do what is due (heartbeat, promote delayed 
 recover dead peers, reconcile a lost claim reply), claim with a finite deadline, handle.
 Redis errors never end the loop: it waits with backoff and goes on; only errors that waiting
 cannot cure (wrong password, server too old) raise RedisFatalError (exit 78).
+
+Redis full (OOM under noeviction) is not Redis down: the loop claims with a non-blocking
+allow-oom script (polling) and settles with allow-oom scripts, so the queue keeps draining;
+a plain claim every OOM_PROBE_EVERY seconds tells when Redis accepts writes again.
+A worker id is held by one live process (daemon/ownership.py): a second one exits 78 or
+waits, and a process that finds its id taken over exits 78 without touching its list.
 """
 
 from __future__ import annotations
@@ -34,8 +40,22 @@ from daemon.connection import (
 from daemon.handlers import Handler
 from daemon.lifecycle import GracefulStop
 from daemon.liveness import Progress
+from daemon.memory import (
+    SAFE_POLICY,
+    MemoryState,
+    eviction_policy,
+    report_policy,
+    server_major_version,
+)
+from daemon.ownership import REFUSE, TAKE, Owner, decide, process_alive
 from daemon.redis_url import redact
-from daemon.reliable import ReliableQueue, dead_letter_entry, digest
+from daemon.reliable import (
+    ReliableQueue,
+    WorkerIdLost,
+    dead_letter_entry,
+    digest,
+    safe_text,
+)
 
 T = TypeVar("T")
 
@@ -43,6 +63,9 @@ HEARTBEAT_EVERY = 1.0  # seconds between heartbeats of a busy worker
 PROMOTE_EVERY = 1.0  # seconds between moves of due retries back to pending
 MAINTAIN_GRANULARITY = 0.1  # seconds: how often the loop looks at what is due
 MAX_TRACEBACK = 4000  # characters of a handler's traceback kept in its failure log line
+OOM_POLL = 0.3  # seconds between claims of an empty queue while Redis is out of memory
+OOM_PROBE_EVERY = 0.5  # seconds between plain claims that tell whether Redis is still full
+ID_WAIT_POLL = 1.0  # seconds between attempts to take a worker id held on another host
 
 
 class Consumer:
@@ -67,8 +90,19 @@ class Consumer:
         self.aux_client = aux_client or make_client(
             settings, client_name=f"taskd-aux:{self.worker}"
         )
-        self.queues = [ReliableQueue(self.client, q, self.worker) for q in settings.queues]
+        # Server-side ids of the claim connections this process opened: the only ones that
+        # `_kill_orphan_claims` may close (another process may share our name).
+        self._claim_ids: set[int] = set()
+        _track_connection_ids(self.client, self._claim_ids)
+        self.owner = Owner.current()
+        self.queues = [
+            ReliableQueue(self.client, q, self.worker, self.owner) for q in settings.queues
+        ]
         self.link = LinkState(backoff or make_backoff(settings), self.log, clock=clock)
+        self.memory = MemoryState(self.link, self.log)
+        self._oom_probe_at = 0.0
+        self._id_wait_logged = False
+        self._server_checked = False
         self.link.listeners.append(lambda up: metrics.REDIS_CONNECTED.set(1 if up else 0))
         self.progress = progress or Progress(clock)
         self.clock = clock
@@ -88,8 +122,10 @@ class Consumer:
         self._maintain_after = 0.0
         self._attempt_started = clock()
         self._task_heartbeat = _TaskHeartbeat(
-            [ReliableQueue(self.aux_client, q, self.worker) for q in settings.queues],
+            [ReliableQueue(self.aux_client, q, self.worker, self.owner) for q in settings.queues],
             settings.heartbeat_ttl,
+            self.log,
+            self.progress,
         )
         metrics.preexport(settings.queues)
         self._metrics = {q: metrics.QueueMetrics(q) for q in settings.queues}
@@ -117,6 +153,9 @@ class Consumer:
             while not self.stop_requested.is_set():
                 self._turn_once()
             self._shutdown()
+        except WorkerIdLost as exc:
+            self.log.error("worker.id_lost", error=str(exc), exit_code=exitcodes.CONFIG)
+            raise
         finally:
             self._task_heartbeat.stop()
             self.stop.finished()
@@ -130,9 +169,14 @@ class Consumer:
             if not self._started:
                 self._startup()
                 self._redis_ok()  # before blocking in the first claim: /readyz answers at once
+                if not self._started:  # waiting for our worker id
+                    return
             self._maintain()
-            claimed = self._next_task or self._claim()
+            claimed = self._next_task
             self._next_task = None
+            if claimed is None:
+                claimed = self._claim()
+                self.progress.work_done()  # a task, or the queue was empty: no stall
         except Exception as exc:
             # a task claimed ahead may meanwhile be recovered by a peer: let the
             # reconciliation after the reconnect return it instead of running it late
@@ -144,6 +188,12 @@ class Consumer:
             self._process(*claimed)
 
     def _startup(self) -> None:
+        """Check the server, take our worker id, return what our last process held."""
+        if not self._server_checked:  # once: not again on every turn spent waiting for the id
+            self._check_server(startup=True)
+            self._server_checked = True
+        if not self._take_ids():
+            return
         for queue in self.queues:
             recovered = queue.return_own(self.settings.max_attempts, count_attempt=True)
             if recovered.returned or recovered.doomed:
@@ -160,6 +210,82 @@ class Consumer:
             self._dead_letter_doomed(queue, recovered.doomed, self.worker)
             queue.heartbeat(self.settings.heartbeat_ttl)
         self._started = True
+
+    def _check_server(self, startup: bool) -> None:
+        """After each (re)connect: script flags for the server's version, eviction policy.
+
+        Never raises but at startup with --require-noeviction (a RedisFatalError, exit 78).
+        """
+        flagged = server_major_version(self.client) >= 7  # 6.2 cannot parse `#!lua flags=`
+        for queue in self.queues + self._task_heartbeat.queues:
+            queue.use_allow_oom(flagged)
+        policy = eviction_policy(self.client)
+        if startup and self.settings.require_noeviction and policy != SAFE_POLICY:
+            found = f"maxmemory-policy is {policy}" if policy else "maxmemory-policy is unreadable"
+            raise RedisFatalError(
+                f"redis {redact(self.settings.redis_url)}: {found}; expected {SAFE_POLICY} "
+                "(--require-noeviction: any other policy lets Redis evict tasks or heartbeats)"
+            )
+        if startup or policy != self.link.eviction_policy or policy != SAFE_POLICY:
+            report_policy(policy, self.link, self.log)
+
+    def _take_ids(self) -> bool:
+        """Take our worker id on every queue; False while it is held on another machine.
+
+        A holder that is a dead process on this machine (kill -9, then a restart) is taken
+        over at once; a live one here is exit 78; one elsewhere is waited for (its heartbeat
+        expires when it is gone).
+        """
+        for queue in self.queues:
+            replace = b""
+            for _ in range(3):  # a dead holder replaced by another one meanwhile: look again
+                holder = queue.take(self.settings.heartbeat_ttl, replace)
+                if holder is None:
+                    break
+                found = Owner.parse(holder)
+                verdict = decide(found, self.owner, process_alive)
+                if verdict == TAKE:
+                    self.log.warning(
+                        "worker.id_taken_over",
+                        queue=queue.keys.queue,
+                        previous=found.describe() if found else repr(holder),
+                        note="its previous process is gone (killed?); its tasks are returned",
+                    )
+                    replace = holder
+                    continue
+                if verdict == REFUSE:
+                    self._release_ids()
+                    raise RedisFatalError(self._id_in_use(queue, found))
+                self._wait_for_id(queue, found, holder)
+                return False
+        self._id_wait_logged = False
+        return True
+
+    def _id_in_use(self, queue: ReliableQueue, holder: Owner | None) -> str:
+        who = holder.describe() if holder else "unknown"
+        return (
+            f"worker id {self.worker!r} of queue {queue.keys.queue!r} is in use by a live "
+            f"process on this host ({who}); expected one process per --worker-id: stop that "
+            "process or give this one another --worker-id"
+        )
+
+    def _wait_for_id(self, queue: ReliableQueue, holder: Owner | None, raw: bytes) -> None:
+        if not self._id_wait_logged:
+            self._id_wait_logged = True
+            self.log.warning(
+                "worker.id_held_elsewhere",
+                queue=queue.keys.queue,
+                holder=holder.describe() if holder else safe_text(repr(raw)[:120]),
+                note="another host (or container) consumes with this --worker-id; waiting "
+                "until its heartbeat expires before consuming",
+            )
+        self.stop_requested.wait(min(ID_WAIT_POLL, self.settings.heartbeat_ttl / 3))
+
+    def _release_ids(self) -> None:
+        """Give back the ids taken so far (only those still ours)."""
+        with contextlib.suppress(redis.RedisError):
+            for queue in self.queues:
+                queue.forget_self()
 
     def _due(self, name: str, every: float, now: float) -> bool:
         if now >= self._next.get(name, 0.0):
@@ -189,14 +315,59 @@ class Consumer:
             self._reconcile("after_reconnect")
 
     def _claim(self) -> tuple[ReliableQueue, bytes] | None:
-        timeout = self.settings.block_timeout
-        if len(self.queues) == 1:
-            body = self.queues[0].claim(timeout)
-            return (self.queues[0], body) if body is not None else None
+        """Claim the next task: blocking while Redis takes writes, polling while it is full."""
+        if self.memory.full:
+            return self._claim_when_full()
+        try:
+            return self._claim_plain()
+        except redis.exceptions.OutOfMemoryError:
+            self._memory_seen(True)
+            return self._claim_when_full()
+
+    def _memory_seen(self, refused: bool | None) -> None:
+        """A plain claim was refused as OOM (True) or carried out (False); None: no news."""
+        if refused is None:
+            return
+        if refused:
+            self._oom_probe_at = self.clock() + OOM_PROBE_EVERY
+        self.memory.update(refused)
+
+    def _claim_when_full(self) -> tuple[ReliableQueue, bytes] | None:
+        """Redis is full: BLMOVE/LMOVE are refused, so claim by an allow-oom script, polling.
+
+        Every OOM_PROBE_EVERY seconds a plain claim is tried instead: once Redis takes it,
+        the loop goes back to the blocking claim.
+        """
+        if self.clock() >= self._oom_probe_at:
+            try:
+                claimed = self._try_claim_each()
+            except redis.exceptions.OutOfMemoryError:
+                self._memory_seen(True)
+            else:
+                self._memory_seen(False)
+                return claimed
+        for queue in self.queues:
+            body = queue.claim_when_full()
+            if body is not None:
+                return queue, body
+        self.stop_requested.wait(OOM_POLL)
+        return None
+
+    def _try_claim_each(self) -> tuple[ReliableQueue, bytes] | None:
         for queue in self.queues:  # priority: the order given
             body = queue.try_claim()
             if body is not None:
                 return queue, body
+        return None
+
+    def _claim_plain(self) -> tuple[ReliableQueue, bytes] | None:
+        timeout = self.settings.block_timeout
+        if len(self.queues) == 1:
+            body = self.queues[0].claim(timeout)
+            return (self.queues[0], body) if body is not None else None
+        claimed = self._try_claim_each()
+        if claimed is not None:
+            return claimed
         queue = self.queues[self._turn % len(self.queues)]
         self._turn += 1
         body = queue.claim(max(0.1, timeout / len(self.queues)))
@@ -219,8 +390,8 @@ class Consumer:
         try:
             self.handler(body)
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            trace = traceback.format_exc()[-MAX_TRACEBACK:]
+            error = describe_error(exc)
+            trace = safe_text(traceback.format_exc()[-MAX_TRACEBACK:])
         finally:
             duration = time.perf_counter() - started
             self._task_heartbeat.busy = False
@@ -229,6 +400,8 @@ class Consumer:
             self.progress.task_finished()
             m.in_progress.dec()
             m.duration.observe(duration)
+        if self._task_heartbeat.lost is not None:  # another process holds our id now
+            raise self._task_heartbeat.lost
         try:
             if error is None:
                 self._succeeded(queue, body, duration, task_digest)
@@ -244,8 +417,12 @@ class Consumer:
 
         def ack() -> tuple[tuple[bool, int], bytes | None]:
             if queue is self.queues[0] and not self.stop_requested.is_set():
-                # ack and claim the next task of the first (highest priority) queue at once
-                return queue.ack_and_claim_next(body, task_digest)
+                # ack and claim the next task of the first (highest priority) queue at once;
+                # while Redis is full the claim is the allow-oom script, but for a probe
+                scripted = self.memory.full and self.clock() < self._oom_probe_at
+                settled = queue.ack_and_claim_next(body, task_digest, scripted_claim=scripted)
+                self._memory_seen(queue.claim_refused_oom)
+                return settled
             return queue.ack(body), None
 
         settled = self._settle(ack, "task.ack_uncertain")
@@ -255,12 +432,13 @@ class Consumer:
         if following is not None:
             self._next_task = (queue, following)
         acked, previous_failures = outcome
-        m.acked.inc()
         m.last_success.set_to_current_time()
         fields = {"attempt": previous_failures + 1, "duration": round(duration, 6)}
         if acked:
+            m.acked.inc()
             self.log.info("task.done", **fields)
         else:
+            m.done_but_recovered.inc()  # the ack removed nothing: a peer had recovered it
             self.log.warning(
                 "task.done_but_recovered",
                 note="a peer recovered this task while it ran (heartbeat lost?); it may run twice",
@@ -315,6 +493,7 @@ class Consumer:
                 self._reconcile_at.append(self.clock())
                 continue
             self._redis_ok()
+            self.progress.work_done()
             return result
 
     def _settle_uncertain(self, exc: Exception, event: str) -> None:
@@ -363,7 +542,14 @@ class Consumer:
                 holder,
                 time.time(),
             )
-            queue.dead_letter(body, entry)
+            if not queue.dead_letter(body, entry):
+                self.log.warning(
+                    "task.dead_letter_skipped",
+                    queue=queue.keys.queue,
+                    task=digest(body)[:12],
+                    note="no longer in this worker's processing list; nothing was moved",
+                )
+                continue
             self._metrics[queue.keys.queue].dead_lettered.inc()
             self.log.error(
                 "task.dead_lettered",
@@ -412,6 +598,8 @@ class Consumer:
         if self.link.succeeded():
             self._maintain_after = 0.0  # reconcile at the next turn
             metrics.REDIS_RECONNECTS.inc()
+            with contextlib.suppress(redis.RedisError):  # the next reconnect reads it again
+                self._check_server(startup=False)  # maybe another server (failover, restart)
             self._kill_orphan_claims()
             # Look for claims whose reply was lost at the start of the next turn (when we
             # hold nothing), and once more after a block timeout: a claim still blocked on
@@ -423,6 +611,15 @@ class Consumer:
             self._next["recover"] = now + self.settings.heartbeat_ttl
 
     def _redis_failed(self, exc: Exception, interruptible: bool) -> None:
+        if isinstance(exc, redis.exceptions.OutOfMemoryError):
+            # Redis answered: it is up but full. Not an outage; try again soon (the drain
+            # itself frees memory).
+            metrics.REDIS_ERRORS.labels(kind=type(exc).__name__).inc()
+            self._redis_ok()
+            self._memory_seen(True)
+            self.progress.mark()
+            (self.stop_requested if interruptible else self._never).wait(OOM_POLL)
+            return
         if not is_transient(exc):
             if isinstance(exc, redis.RedisError):
                 raise RedisFatalError(fatal_reason(exc, self.settings.redis_url)) from exc
@@ -437,20 +634,33 @@ class Consumer:
         (self.stop_requested if interruptible else self._never).wait(delay)
 
     def _kill_orphan_claims(self) -> None:
-        """Close our own claim connections the server still thinks are alive (half-open)."""
+        """Close our own claim connections the server still thinks are alive (half-open).
+
+        Only connections this process opened (by server-side id): consumers of other queues
+        may share our worker id, and so the connection name.
+        """
+        if not self._claim_ids:
+            return
         try:
             me = self.client.client_id()
             name = f"taskd-claim:{self.worker}"
+            listed = set()
             for info in self.client.client_list():
-                if info.get("name") == name and int(info.get("id", me)) != me:
-                    self.client.client_kill_filter(_id=str(info["id"]))
-                    self.log.info("redis.orphan_connection_closed", client_id=info["id"])
+                cid = int(info.get("id", me))
+                listed.add(cid)
+                if cid in self._claim_ids and cid != me and info.get("name") == name:
+                    self.client.client_kill_filter(_id=str(cid))
+                    self.log.info("redis.orphan_connection_closed", client_id=cid)
+            self._claim_ids.intersection_update(listed)  # forget connections long gone
         except redis.RedisError as exc:  # NOPERM under a strict ACL: the reconcile still works
             self.log.debug("redis.orphan_check_skipped", error=str(exc))
 
     def _shutdown(self) -> None:
         """Leave nothing behind: return unseen claims (and the one claimed ahead), say goodbye."""
         self._next_task = None
+        if not self._started:  # nothing claimed yet; give back the ids taken so far
+            self._release_ids()
+            return
         try:
             self._kill_orphan_claims()  # a claim still blocked on a dead connection
             self._reconcile("shutdown")
@@ -464,20 +674,74 @@ class Consumer:
             )
 
 
-class _TaskHeartbeat(threading.Thread):
-    """Keeps the worker's heartbeat alive while a long handler runs (own connection)."""
+def describe_error(exc: BaseException) -> str:
+    """A handler error as safe text: its __str__ may raise or carry lone surrogates."""
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:  # noqa: BLE001 - a broken __str__ must not crash the loop
+        text = f"{type(exc).__name__}: <str() of the exception failed>"
+    return safe_text(text)
 
-    def __init__(self, queues: list[ReliableQueue], ttl: float) -> None:
+
+def _track_connection_ids(client: redis.Redis, ids: set[int]) -> None:
+    """Record the server-side id (CLIENT ID) of every connection `client` opens.
+
+    Wraps the pool's connect hook: one command per new connection, none per task. Where an
+    ACL forbids CLIENT ID, nothing is recorded and no connection is ever closed.
+    """
+    pool: Any = client.connection_pool
+    original = pool.connection_kwargs.get("redis_connect_func")
+
+    def connect(connection: Any) -> None:
+        if original is not None:
+            original(connection)
+        else:
+            connection.on_connect()
+        try:
+            connection.send_command("CLIENT", "ID")
+            ids.add(int(connection.read_response()))
+        except redis.ResponseError:
+            pass
+
+    pool.connection_kwargs["redis_connect_func"] = connect
+
+
+class _TaskHeartbeat(threading.Thread):
+    """Keeps the worker's heartbeat alive while a long handler runs (own connection).
+
+    Finding the worker id taken over, it stops beating and leaves the error in `lost` for
+    the loop. Any other unexpected error is a death that /healthz reports (not a silent one).
+    """
+
+    def __init__(
+        self, queues: list[ReliableQueue], ttl: float, log: Any, progress: Progress
+    ) -> None:
         super().__init__(name="taskd-task-heartbeat", daemon=True)
         self.queues = queues
         self.ttl = ttl
+        self.log = log
+        self.progress = progress
         self.busy = False  # set by the loop around each handler run (a plain flag: cheap)
+        self.lost: WorkerIdLost | None = None
         self._stopped = threading.Event()
 
     def stop(self) -> None:
         self._stopped.set()
 
     def run(self) -> None:
+        try:
+            self._beat_while_busy()
+        except WorkerIdLost as exc:
+            self.lost = exc
+        except BaseException as exc:  # noqa: BLE001 - reported, not swallowed
+            error = describe_error(exc)
+            self.log.error(
+                "thread.died", thread=self.name, error=error, traceback=traceback.format_exc()
+            )
+            metrics.HELPER_THREAD_DEATHS.labels(thread=self.name).inc()
+            self.progress.helper_died(self.name, error)
+
+    def _beat_while_busy(self) -> None:
         while not self._stopped.wait(self.ttl / 3):
             if not self.busy:
                 continue

@@ -12,6 +12,8 @@ from typing import Any
 
 import redis
 
+from daemon import metrics
+
 SAFE_POLICY = "noeviction"
 
 # What each family of policies does to taskd's keys (for the log line and the docs).
@@ -27,18 +29,19 @@ def eviction_policy(client: Any) -> str:
     """The server's maxmemory-policy; "" when neither CONFIG nor INFO may be read.
 
     CONFIG is often denied to application users by ACL (NOPERM); INFO memory carries the same
-    value (``maxmemory_policy``) and is usually allowed.
+    value (``maxmemory_policy``) and is usually allowed. Connection errors propagate: an
+    unreachable server is not an unknown policy.
     """
     try:
         reply = client.config_get("maxmemory-policy")
         value = _text(reply.get("maxmemory-policy") or reply.get(b"maxmemory-policy"))
         if value:
             return value
-    except redis.RedisError:
+    except redis.ResponseError:
         pass
     try:
         return _text(client.info("memory").get("maxmemory_policy"))
-    except redis.RedisError:
+    except redis.ResponseError:
         return ""
 
 
@@ -54,3 +57,59 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "backslashreplace")
     return "" if value is None else str(value)
+
+
+class MemoryState:
+    """Whether Redis refuses writes as out of memory; each change is logged once.
+
+    Redis full is not Redis down: the link stays connected, `link.refusing` says why writes
+    are refused (for /readyz), and the gauge taskd_redis_out_of_memory is 1 meanwhile.
+    """
+
+    REASON = "out of memory (maxmemory reached)"
+
+    def __init__(self, link: Any, log: Any) -> None:
+        self.link = link
+        self.log = log
+        self.full = False
+
+    def update(self, full: bool) -> None:
+        """Record what the last plain write showed (refused as OOM, or carried out)."""
+        if full == self.full:
+            return
+        self.full = full
+        self.link.refusing = self.REASON if full else ""
+        metrics.REDIS_OUT_OF_MEMORY.set(1 if full else 0)
+        if full:
+            self.log.warning(
+                "redis.out_of_memory",
+                note="Redis refuses writes (maxmemory reached); taskd keeps draining with "
+                "allow-oom scripts and polls the queue instead of blocking on it",
+            )
+        else:
+            self.log.info("redis.memory_ok", note="Redis accepts writes again")
+
+
+def report_policy(policy: str, link: Any, log: Any) -> None:
+    """Publish the policy read after a (re)connect: link, gauge, one warning when unsafe."""
+    link.eviction_policy = policy
+    metrics.REDIS_EVICTION_POLICY.clear()
+    if policy:
+        metrics.REDIS_EVICTION_POLICY.labels(policy=policy).set(1)
+    if policy and policy != SAFE_POLICY:
+        log.warning(
+            "redis.eviction_policy_unsafe",
+            policy=policy,
+            expected=SAFE_POLICY,
+            effect=consequence(policy),
+            note=f"set maxmemory-policy {SAFE_POLICY} on the Redis server taskd uses",
+        )
+
+
+def server_major_version(client: Any) -> int:
+    """Redis's major version from INFO server; 0 when INFO is not allowed or unreadable."""
+    try:
+        version = _text(client.info("server").get("redis_version"))
+        return int(version.split(".", 1)[0])
+    except (redis.ResponseError, ValueError):
+        return 0

@@ -4,6 +4,16 @@ Every operation that moves a task between two keys is one atomic step (a Lua scr
 MULTI transaction), so a crash between two commands can never leave a task in no key at all.
 The task body is stored exactly as the producer pushed it; the attempt counter of a task is
 kept under the SHA-1 of its body (two tasks with identical bodies share one counter).
+
+Redis full (maxmemory reached, noeviction): every script only moves or removes data, or adds
+a bounded few bytes (an attempt counter, a delayed-set token, a dead-letter document whose
+error text is capped), so they may run when Redis refuses writes: on Redis >= 7 they are
+declared `#!lua flags=allow-oom`; on 6.2 they run as plain scripts whose first write removes
+or expires something, which Redis's legacy rule lets finish under OOM (see `use_allow_oom`).
+
+One worker id, one process: the worker's heartbeat key holds its owner record (see
+daemon/ownership.py); the scripts that touch the worker's own processing list first check
+that the key still holds this process's record (or nothing), atomically.
 """
 
 from __future__ import annotations
@@ -18,20 +28,38 @@ from typing import Any
 
 import redis
 
+from daemon.connection import RedisFatalError
 from daemon.keys import QueueKeys
+from daemon.ownership import Owner
 
 TOKEN_BYTES = 8  # random prefix of a delayed member, so identical bodies never collapse
 TOKEN_CHARS = TOKEN_BYTES * 2
+MAX_ERROR_CHARS = 2000  # of a handler's error text kept in a dead letter: bounded growth
+ALLOW_OOM = "#!lua flags=allow-oom\n"
+LOST = -2  # what a script returns when the worker id is held by another process
+
+# The owner check every script on our own list starts with: our record, or none (expired
+# after an outage: nobody else holds the id, so the list is still ours to settle).
+_OWNED = """
+local holder = redis.call('GET', KEYS[{alive}])
+if holder and holder ~= ARGV[{owner}] then return {{-2, holder}} end
+"""
 
 # Moves every task of a processing list back to the front of the pending list (in claim
 # order), or, when its attempts reach the maximum, into the `holder` processing list, from
 # where the caller dead-letters it. With ARGV[2] == '1' it does nothing while the owner's
 # heartbeat key exists, and forgets the owner once its list is empty: several recoverers on
-# several hosts may race for the same dead worker safely.
+# several hosts may race for the same dead worker safely. With ARGV[2] == '0' (our own list)
+# it does nothing when the id is held by another process.
 _RECOVER = """
 -- KEYS: source, pending, attempts, holder, alive, workers
--- ARGV: max_attempts, only_if_dead, count_attempt, worker, keep ('' or a body to leave)
+-- ARGV: max_attempts, only_if_dead, count_attempt, worker, keep ('' or a body to leave),
+--       keep?, owner
 if ARGV[2] == '1' and redis.call('EXISTS', KEYS[5]) == 1 then return {-1, {}} end
+if ARGV[2] == '0' then
+  local holder = redis.call('GET', KEYS[5])
+  if holder and holder ~= ARGV[7] then return {-2, {holder}} end
+end
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
 redis.call('DEL', KEYS[1])
 local returned, doomed = 0, {}
@@ -60,21 +88,26 @@ return {returned, doomed}
 
 # Ack: the task leaves the processing list, its attempt counter is dropped; returns whether
 # it was still ours and how many attempts had failed before.
-_ACK = """
--- KEYS: processing, attempts   ARGV: body, digest
+_ACK = (
+    "-- KEYS: processing, attempts, alive   ARGV: body, digest, owner"
+    + _OWNED.format(alive=3, owner=3)
+    + """
 local failures = redis.call('HGET', KEYS[2], ARGV[2])
 local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
 if failures then redis.call('HDEL', KEYS[2], ARGV[2]) end
 return {removed, tonumber(failures) or 0}
 """
+)
 
 # A failed attempt, in one step: count it, then schedule the retry (delay doubling from
 # retry_base, capped) or, at the last attempt, dead-letter it (the JSON document gets the
 # final count). Nothing happens when the task is no longer in the processing list, so the
 # count can never be taken twice for one failure.
-_FAIL = """
--- KEYS: processing, attempts, delayed, dead
--- ARGV: body, digest, max_attempts, retry_base, retry_cap, token, entry (JSON)
+_FAIL = (
+    """-- KEYS: processing, attempts, delayed, dead, alive
+-- ARGV: body, digest, max_attempts, retry_base, retry_cap, token, entry (JSON), owner"""
+    + _OWNED.format(alive=5, owner=8)
+    + """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return {-1, 0, '0'} end
 local n = redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 if n >= tonumber(ARGV[3]) then
@@ -90,14 +123,18 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZADD', KEYS[3], now + delay, ARGV[6] .. ARGV[1])
 return {0, n, tostring(delay)}
 """
+)
 
-_DEAD_LETTER = """
--- KEYS: processing, dead, attempts   ARGV: body, entry, digest
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+_DEAD_LETTER = (
+    "-- KEYS: processing, dead, attempts, alive   ARGV: body, entry, digest, owner"
+    + _OWNED.format(alive=4, owner=4)
+    + """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return {0} end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 redis.call('HDEL', KEYS[3], ARGV[3])
-return 1
+return {1}
 """
+)
 
 _PROMOTE = """
 -- KEYS: delayed, pending   ARGV: limit, token_chars
@@ -118,16 +155,78 @@ redis.call('LPUSH', KEYS[2], ARGV[2])
 return 1
 """
 
+# The claim of a full Redis (LMOVE and BLMOVE are refused under OOM): a removal first, so a
+# 6.2 server lets the push follow. Non-blocking: the caller polls while Redis is full.
+_CLAIM = """
+-- KEYS: pending, processing
+local body = redis.call('RPOP', KEYS[1])
+if body then redis.call('LPUSH', KEYS[2], body) end
+return body
+"""
+
+# Startup: take the worker id when nobody holds it, we do, or the holder is the record the
+# caller found dead (ARGV[3]); otherwise return the holder's record.
+_TAKE = """
+-- KEYS: alive   ARGV: owner, ttl_ms, replace ('' or the dead holder's record)
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] and (ARGV[3] == '' or holder ~= ARGV[3]) then
+  return holder
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+
+# Heartbeat: renew the id only while it is ours (an expiry first, so 6.2 lets the ZADD follow
+# under OOM); an id that expired meanwhile (an outage) and nobody took is taken again.
+_HEARTBEAT = """
+-- KEYS: alive, workers   ARGV: owner, ttl_ms, now, worker
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return holder end
+if holder then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+return false
+"""
+
+# Clean stop: say goodbye, but only for an id that is still ours.
+_FORGET = """
+-- KEYS: alive, workers   ARGV: owner, worker
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+"""
+
+
+class WorkerIdLost(RedisFatalError):
+    """Another process holds our worker id: stop without touching its processing list."""
+
 
 def digest(body: bytes) -> str:
     """The attempt-counter field of a task (matches Lua's redis.sha1hex)."""
     return hashlib.sha1(body).hexdigest()  # noqa: S324 - an identifier, not security
 
 
+def safe_text(text: str, limit: int | None = None) -> str:
+    """`text` as valid UTF-8 (lone surrogates backslash-escaped), cut to `limit` characters.
+
+    Handler errors may carry surrogate-escaped file names: encoding them would raise.
+    """
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + f"... [{len(text) - limit} more characters]"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def dead_letter_entry(
     body: bytes, error: str, attempts: int, worker: str, failed_at: float
 ) -> bytes:
-    """The JSON document stored in ``Q:dead``; the body is base64 when it is not UTF-8."""
+    """The JSON document stored in ``Q:dead``; the body is base64 when it is not UTF-8.
+
+    The error text is capped (MAX_ERROR_CHARS): a full Redis must not fill further with it.
+    """
     try:
         text, encoding = body.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
@@ -135,9 +234,9 @@ def dead_letter_entry(
     doc = {
         "body": text,
         "body_encoding": encoding,
-        "error": error,
+        "error": safe_text(error, MAX_ERROR_CHARS),
         "attempts": attempts,
-        "worker": worker,
+        "worker": safe_text(worker),
         "failed_at": failed_at,
     }
     return json.dumps(doc, ensure_ascii=False).encode("utf-8")
@@ -179,20 +278,64 @@ class Recovered:
 class ReliableQueue:
     """Reliable operations on one queue, for one worker, over one Redis client."""
 
-    def __init__(self, client: redis.Redis, queue: str, worker: str) -> None:
+    def __init__(
+        self, client: redis.Redis, queue: str, worker: str, owner: Owner | None = None
+    ) -> None:
         # redis-py's annotations are narrower than what it accepts (bytes values, float
         # timeouts), so the client is used untyped here.
         self.client: Any = client
         self.keys = QueueKeys(queue)
         self.worker = worker
         self.processing = self.keys.processing(worker)
-        self._recover = client.register_script(_RECOVER)
-        self._ack = client.register_script(_ACK)
-        self._ack_keys = [self.processing, self.keys.attempts]
-        self._fail = client.register_script(_FAIL)
-        self._dead = client.register_script(_DEAD_LETTER)
-        self._promote = client.register_script(_PROMOTE)
-        self._requeue_dead = client.register_script(_REQUEUE_DEAD)
+        self.alive_key = self.keys.alive(worker)
+        self.owner = owner or Owner.current()
+        self.owner_record = self.owner.encode()
+        self._ack_keys = [self.processing, self.keys.attempts, self.alive_key]
+        # Each script in two forms: plain (any server) and declared allow-oom (Redis >= 7).
+        self._scripts = {
+            name: (client.register_script(text), client.register_script(ALLOW_OOM + text))
+            for name, text in (
+                ("recover", _RECOVER),
+                ("ack", _ACK),
+                ("fail", _FAIL),
+                ("dead", _DEAD_LETTER),
+                ("promote", _PROMOTE),
+                ("requeue_dead", _REQUEUE_DEAD),
+                ("claim", _CLAIM),
+                ("take", _TAKE),
+                ("heartbeat", _HEARTBEAT),
+                ("forget", _FORGET),
+            )
+        }
+        self._flagged = 0
+        # After each plain claim: True when Redis refused it as out of memory, False when it
+        # was carried out; None after a scripted claim (it says nothing about memory).
+        self.claim_refused_oom: bool | None = None
+
+    def use_allow_oom(self, flagged: bool) -> None:
+        """Use the `#!lua flags=allow-oom` scripts (Redis >= 7.0; 6.2 cannot parse them)."""
+        self._flagged = 1 if flagged else 0
+
+    def _script(self, name: str) -> Any:
+        return self._scripts[name][self._flagged]
+
+    def _run(self, name: str, keys: list[Any], args: list[Any]) -> Any:
+        return self._script(name)(keys=keys, args=args)
+
+    def _check_owned(self, reply: Any) -> None:
+        if isinstance(reply, list) and reply and reply[0] == LOST:
+            holder = reply[1][0] if isinstance(reply[1], list) else reply[1]
+            raise self.lost(holder)
+
+    def lost(self, holder: Any) -> WorkerIdLost:
+        """The error for finding our worker id held by `holder` (a record or raw bytes)."""
+        found = Owner.parse(holder)
+        who = found.describe() if found else f"an unknown holder ({holder!r:.60})"
+        return WorkerIdLost(
+            f"worker id {self.worker!r} of queue {self.keys.queue!r} was taken over by another "
+            f"process ({who}); this process stops without touching that worker's processing "
+            "list (expected one live process per --worker-id)"
+        )
 
     # -- claiming ---------------------------------------------------------------------------
     def claim(self, timeout: float) -> bytes | None:
@@ -203,40 +346,53 @@ class ReliableQueue:
         """Claim without blocking (for serving several queues in priority order)."""
         return self.client.lmove(self.keys.pending, self.processing, "RIGHT", "LEFT")
 
+    def claim_when_full(self) -> bytes | None:
+        """Claim without blocking by an allow-oom script: works while Redis is out of memory."""
+        return self._run("claim", [self.keys.pending, self.processing], [])
+
     # -- outcomes ---------------------------------------------------------------------------
     def ack(self, body: bytes) -> tuple[bool, int]:
         """Remove a finished task and its attempt counter, atomically (one Lua call).
 
         Returns (still ours, failed attempts before this success); "not ours" means a peer
-        recovered the task while it ran.
+        recovered the task while it ran. Raises WorkerIdLost when another process holds our id.
         """
-        removed, failures = self._ack(keys=self._ack_keys, args=[body, digest(body)])
+        reply = self._run("ack", self._ack_keys, [body, digest(body), self.owner_record])
+        self._check_owned(reply)
+        removed, failures = reply
         return bool(removed), int(failures)
 
     def ack_and_claim_next(
-        self, body: bytes, body_digest: str | None = None
+        self, body: bytes, body_digest: str | None = None, *, scripted_claim: bool = False
     ) -> tuple[tuple[bool, int], bytes | None]:
         """Ack `body` and claim the next task without blocking, in one round trip.
 
         While the queue is busy this halves the round trips per task. If the reply is lost,
         the caller retries the ack alone (a second LREM is harmless) and the claim, if it
-        happened, is returned by the lost-reply reconciliation.
+        happened, is returned by the lost-reply reconciliation. `scripted_claim`: claim with
+        the allow-oom script (Redis is full); otherwise `claim_refused_oom` tells whether the
+        plain claim was refused as out of memory.
         """
         # Two commands written at once on one pooled connection: redis-py's pipeline object
         # costs more client CPU than the round trip it saves (and a Script in a pipeline adds
         # a SCRIPT EXISTS trip). Errors are handled as redis-py's own pipeline does.
         body_digest = body_digest or digest(body)
-        commands = (
-            ("EVALSHA", self._ack.sha, 2, *self._ack_keys, body, body_digest),
-            ("LMOVE", self.keys.pending, self.processing, "RIGHT", "LEFT"),
-        )
+        claim: tuple[Any, ...] = ("LMOVE", self.keys.pending, self.processing, "RIGHT", "LEFT")
+        if scripted_claim:
+            claim = ("EVALSHA", self._script("claim").sha, 2, self.keys.pending, self.processing)
+        ack = ("EVALSHA", self._script("ack").sha, 3, *self._ack_keys)
+        commands = ((*ack, body, body_digest, self.owner_record), claim)
         acked, following = self._send_pair(commands)
-        if isinstance(following, Exception):  # refused (e.g. READONLY): no claim happened
+        self.claim_refused_oom = None
+        if not scripted_claim:
+            self.claim_refused_oom = isinstance(following, redis.exceptions.OutOfMemoryError)
+        if isinstance(following, Exception):  # refused (OOM, READONLY...): no claim happened
             following = None
         if isinstance(acked, redis.exceptions.NoScriptError):  # e.g. Redis restarted
-            acked = self._ack(keys=self._ack_keys, args=[body, body_digest])
+            acked = self._run("ack", self._ack_keys, [body, body_digest, self.owner_record])
         elif isinstance(acked, Exception):
             raise acked
+        self._check_owned(acked)
         removed, failures = acked
         return (bool(removed), int(failures)), following
 
@@ -266,38 +422,58 @@ class ReliableQueue:
         `entry` is the dead-letter document; its "attempts" is set to the final count.
         ("gone", 0, 0) when the task was no longer in this worker's processing list.
         """
-        keys = [self.processing, self.keys.attempts, self.keys.delayed, self.keys.dead]
+        keys = [
+            self.processing,
+            self.keys.attempts,
+            self.keys.delayed,
+            self.keys.dead,
+            self.alive_key,
+        ]
         token = os.urandom(TOKEN_BYTES).hex()
         args: list[Any] = [body, digest(body), max_attempts, retry_base, retry_cap, token, entry]
-        outcome, attempts, delay = self._fail(keys=keys, args=args)
+        reply = self._run("fail", keys, [*args, self.owner_record])
+        self._check_owned(reply)
+        outcome, attempts, delay = reply
         verdict = {-1: "gone", 0: "retry", 1: "dead"}[int(outcome)]
         return verdict, int(attempts), float(delay)
 
     def dead_letter(self, body: bytes, entry: bytes) -> bool:
-        """Move the task from the processing list to the dead letters."""
-        keys = [self.processing, self.keys.dead, self.keys.attempts]
-        return bool(self._dead(keys=keys, args=[body, entry, digest(body)]))
+        """Move the task from the processing list to the dead letters; False if it was gone."""
+        keys = [self.processing, self.keys.dead, self.keys.attempts, self.alive_key]
+        reply = self._run("dead", keys, [body, entry, digest(body), self.owner_record])
+        self._check_owned(reply)
+        return bool(reply[0])
 
     def promote_due(self, limit: int = 100) -> int:
         """Move delayed tasks whose time has come back to the front of the pending list."""
         return int(
-            self._promote(keys=[self.keys.delayed, self.keys.pending], args=[limit, TOKEN_CHARS])
+            self._run("promote", [self.keys.delayed, self.keys.pending], [limit, TOKEN_CHARS])
         )
 
     # -- liveness and recovery --------------------------------------------------------------
+    def take(self, ttl: float, replace: bytes = b"") -> bytes | None:
+        """Take our worker id (SET NX, or over `replace`, a dead holder's record).
+
+        Returns None when it is ours now, else the record of the process that holds it.
+        """
+        ttl_ms = max(1, int(ttl * 1000))
+        return self._run("take", [self.alive_key], [self.owner_record, ttl_ms, replace])
+
     def heartbeat(self, ttl: float) -> None:
-        """Say this worker is alive for `ttl` seconds."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.set(self.keys.alive(self.worker), "1", px=max(1, int(ttl * 1000)))
-        pipe.zadd(self.keys.workers, {self.worker: time.time()})
-        pipe.execute()
+        """Say this worker is alive for `ttl` seconds; WorkerIdLost if another process holds it."""
+        ttl_ms = max(1, int(ttl * 1000))
+        args = [self.owner_record, ttl_ms, time.time(), self.worker]
+        holder = self._run("heartbeat", [self.alive_key, self.keys.workers], args)
+        if holder is not None:
+            raise self.lost(holder)
 
     def forget_self(self) -> None:
-        """On a clean stop: drop the heartbeat so peers and `status` see the worker gone."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self.keys.alive(self.worker))
-        pipe.zrem(self.keys.workers, self.worker)
-        pipe.execute()
+        """On a clean stop: drop the heartbeat so peers and `status` see the worker gone.
+
+        Only while the id is ours: the process that took it over keeps its heartbeat.
+        """
+        keys = [self.alive_key, self.keys.workers]
+        self._run("forget", keys, [self.owner_record, self.worker])
 
     def return_own(
         self, max_attempts: int, count_attempt: bool, keep: bytes | None = None
@@ -308,6 +484,7 @@ class ReliableQueue:
         so it counts as a failed attempt: a task that kills its worker ends in the dead letters.
         After a lost claim reply (`count_attempt=False`) the task was never seen: no attempt.
         `keep` is a task this worker holds and will handle (claimed with the last ack).
+        Raises WorkerIdLost when another process holds our id.
         """
         return self._run_recover(
             self.worker, max_attempts, only_if_dead=False, count=count_attempt, keep=keep
@@ -340,8 +517,11 @@ class ReliableQueue:
             worker,
             keep or b"",
             "1" if keep is not None else "0",
+            self.owner_record,
         ]
-        returned, doomed = self._recover(keys=keys, args=args)
+        reply = self._run("recover", keys, args)
+        self._check_owned(reply)
+        returned, doomed = reply
         if returned == -1:
             return Recovered(0, [], skipped=True)
         return Recovered(int(returned), list(doomed))
@@ -365,6 +545,4 @@ class ReliableQueue:
 
     def requeue_dead(self, entry: bytes, body: bytes) -> bool:
         """Move one dead letter back to the pending list as its original body."""
-        return bool(
-            self._requeue_dead(keys=[self.keys.dead, self.keys.pending], args=[entry, body])
-        )
+        return bool(self._run("requeue_dead", [self.keys.dead, self.keys.pending], [entry, body]))
