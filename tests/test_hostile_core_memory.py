@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from conftest import RedisServer
+import urllib.request
+
+from conftest import DaemonFactory, RedisServer, free_port, wait_until
 from daemon.memory import consequence, eviction_policy
 
 
@@ -28,3 +30,56 @@ def test_eviction_policy_falls_back_to_info_when_acl_denies_config(
     assert eviction_policy(app) == "volatile-lru"
     admin.acl_setuser("blind", enabled=True, passwords=["+pw"], commands=["+ping"], keys=["*"])
     assert eviction_policy(redis_server.client(username="blind", password="pw")) == ""
+
+
+HANDLER = ("--handler", "handlers_for_tests:record")
+
+
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def test_evicting_policy_is_warned_once_and_exported(
+    redis_server: RedisServer, taskd: DaemonFactory
+) -> None:
+    redis_server.client().config_set("maxmemory-policy", "allkeys-lru")
+    port = free_port()
+    daemon = taskd.consume(
+        redis_server.url, "--queue", "jobs", *HANDLER, "--metrics-port", str(port)
+    )
+    line = daemon.wait_for_event("redis.eviction_policy_unsafe", 10)[0]
+    assert (line["policy"], line["expected"]) == ("allkeys-lru", "noeviction")
+    assert "pending and processing lists" in line["effect"]
+    text = wait_until(lambda: _metrics(port), 10, "metrics")
+    assert 'taskd_redis_eviction_policy{policy="allkeys-lru"} 1.0' in text
+    assert 'policy="noeviction"' not in text
+    redis_server.client().lpush("jobs", "task")
+    wait_until(lambda: taskd.done_bodies() == ["task"], 10, "a task still consumed")
+    assert len(daemon.events("redis.eviction_policy_unsafe")) == 1
+
+
+def test_require_noeviction_refuses_an_evicting_redis_with_exit_78(
+    redis_server: RedisServer, taskd: DaemonFactory
+) -> None:
+    redis_server.client().config_set("maxmemory-policy", "volatile-ttl")
+    daemon = taskd.consume(redis_server.url, "--queue", "jobs", *HANDLER, "--require-noeviction")
+    assert daemon.wait(15) == 78
+    errors = [x for x in daemon.log_path.read_text().splitlines() if "error:" in x]
+    assert len(errors) == 1
+    assert "maxmemory-policy is volatile-ttl; expected noeviction" in errors[0]
+
+
+def test_require_noeviction_accepts_noeviction_read_through_info_under_acl(
+    redis_server: RedisServer, taskd: DaemonFactory
+) -> None:
+    admin = redis_server.client()
+    admin.acl_setuser(
+        "app", enabled=True, passwords=["+pw"], commands=["+@all", "-config"], keys=["*"]
+    )
+    url = f"redis://app:pw@127.0.0.1:{redis_server.port}/0"
+    daemon = taskd.consume(url, "--queue", "jobs", *HANDLER, "--require-noeviction")
+    admin.lpush("jobs", "task")
+    wait_until(lambda: taskd.done_bodies() == ["task"], 10, "the task consumed")
+    assert daemon.proc.poll() is None
+    assert daemon.events("redis.eviction_policy_unsafe") == []

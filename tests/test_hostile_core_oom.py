@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 
 import pytest
 import redis
 
-from conftest import DaemonFactory, RedisServer, wait_until
+from conftest import DaemonFactory, RedisServer, free_port, wait_until
 from daemon.reliable import ReliableQueue
 
 HANDLER = ("--handler", "handlers_for_tests:record")
@@ -41,6 +42,11 @@ def fill(server: RedisServer) -> None:
         client.set("probe", "1")
 
 
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
 def state(server: RedisServer) -> tuple[int, int, int, int]:
     c = server.client()
     held = sum(c.llen(k) for k in c.scan_iter(match=f"{Q}:processing:*"))
@@ -55,10 +61,15 @@ def test_full_redis_is_drained_acked_retried_and_dead_lettered(
     for body in [*bodies[:5], "fail:poison", *bodies[5:]]:
         client.lpush(Q, body)
     fill(full_redis)
+    port = free_port()
     daemon = taskd.consume(
-        full_redis.url, "--queue", Q, *HANDLER, "--max-attempts", "3", "--worker-id", "w1"
+        full_redis.url,
+        *("--queue", Q, *HANDLER, "--max-attempts", "3", "--worker-id", "w1"),
+        *("--metrics-port", str(port)),
     )
     wait_until(lambda: state(full_redis) == (0, 0, 0, 1), 30, "queue drained, 1 dead letter")
+    assert "taskd_redis_out_of_memory 1.0" in _metrics(port)
+    assert "taskd_redis_connected 1.0" in _metrics(port)
     assert sorted(taskd.done_bodies()) == sorted(bodies)
     dead = json.loads(client.lindex(f"{Q}:dead", 0))
     assert (dead["body"], dead["attempts"]) == ("fail:poison", 3)
@@ -73,6 +84,7 @@ def test_full_redis_is_drained_acked_retried_and_dead_lettered(
     client.lpush(Q, "after")
     wait_until(lambda: "after" in taskd.done_bodies(), 10, "a task after memory was freed")
     daemon.wait_for_event("redis.memory_ok", 5)
+    assert "taskd_redis_out_of_memory 0.0" in _metrics(port)
     assert len(daemon.events("redis.out_of_memory")) == 1
 
 
