@@ -365,6 +365,7 @@ class StallWatchdog(GuardedThread):
         self.stopped = threading.Event()
         self.seq = 0  # heartbeat file counter: the outside watchdog judges change, not time
         self._heartbeat_error = ""  # the error being reported, so it is logged once
+        self.exit_thread: threading.Thread | None = None  # the armed exit, once fired
 
     def stop(self) -> None:
         self.stopped.set()
@@ -384,7 +385,7 @@ class StallWatchdog(GuardedThread):
 
     def fire(self, reason: str, snap: Snapshot) -> None:
         """Exit 70: armed first, then the last words within the deadline, then the exit."""
-        arm_exit(self.on_stall, self.last_words_deadline)
+        self.exit_thread = arm_exit(self.on_stall, self.last_words_deadline)
         deadline = time.monotonic() + self.last_words_deadline * 0.9
         with contextlib.suppress(Exception):  # nothing here may stand between us and the exit
             last_words(
