@@ -1,0 +1,36 @@
+"""After a reconnect a consumer closes only the claim connections its own process opened."""
+
+from __future__ import annotations
+
+import time
+
+from conftest import DaemonFactory, RedisServer, wait_until
+from daemon.chaos_proxy import ChaosProxy
+
+HANDLER = ("--handler", "handlers_for_tests:record")
+
+
+def test_reconnect_does_not_close_the_claim_connection_of_another_queue_sharing_the_id(
+    redis_server: RedisServer, taskd: DaemonFactory
+) -> None:
+    admin = redis_server.client()
+
+    def claim_connections() -> list[dict[str, str]]:
+        return [c for c in admin.client_list() if c["name"] == "taskd-claim:w1"]
+
+    with ChaosProxy("127.0.0.1", redis_server.port) as proxy:
+        quiet = ("--worker-id", "w1", "--backoff-cap", "0.2", *HANDLER)
+        bystander = taskd.consume(redis_server.url, "--queue", "b", *quiet)
+        cut = taskd.consume(f"redis://127.0.0.1:{proxy.port}/0", "--queue", "a", *quiet)
+        bystander.wait_for_event("redis.connected", 10)
+        cut.wait_for_event("redis.connected", 10)
+        wait_until(lambda: len(claim_connections()) == 2, 10, "both claim connections")
+        proxy.set_mode("reset")  # the consumer of queue a loses its connection and reconnects
+        cut.wait_for_event("redis.reconnected", 10)
+        wait_until(lambda: len(claim_connections()) == 2, 10, "a's new claim connection")
+        time.sleep(1.0)  # the reconnect's orphan check has run by now
+        assert cut.events("redis.orphan_connection_closed") == []
+        assert bystander.events("redis.disconnected") == []
+        admin.lpush("a", "for-a")
+        admin.lpush("b", "for-b")
+        wait_until(lambda: sorted(taskd.done_bodies()) == ["for-a", "for-b"], 10, "both served")
