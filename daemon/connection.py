@@ -281,7 +281,7 @@ class TaskdSentinel(Sentinel):
             try:
                 masters = sentinel.sentinel_masters()
             except redis.AuthenticationError as exc:
-                refusal = SentinelAuthError(f"sentinel {where} refused authentication: {exc}")
+                refusal = SentinelAuthError(f"sentinel {where} refused authentication: {_why(exc)}")
                 continue
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 errors.append(f"{where}: {type(exc).__name__}: {exc}")
@@ -295,6 +295,13 @@ class TaskdSentinel(Sentinel):
             raise refusal
         detail = f" ({'; '.join(errors)})" if errors else ""
         raise MasterNotFoundError(f"no master found for {service_name!r}{detail}")
+
+
+def _why(exc: redis.AuthenticationError) -> str:
+    """The refusal in words: NOAUTH replies vary (and redis-py's HELLO makes them cryptic)."""
+    if getattr(exc, "status_code", "") == "NOAUTH" or "noauth" in str(exc).lower():
+        return "it requires a password and none was sent (NOAUTH)"
+    return str(exc)
 
 
 def _address(client: redis.Redis) -> str:
