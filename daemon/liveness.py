@@ -205,8 +205,8 @@ def enable_stack_dumps() -> None:
     task bodies and secrets and can fill the disk; the stack dump is the post-mortem instead.
     Call it early in every long-running process (consume, subscribe, watchdog, web).
     """
-    with contextlib.suppress(ValueError, OSError):  # a hard limit we may not lower: keep going
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    with contextlib.suppress(ValueError, OSError):  # soft limit only: `prlimit` can opt back in
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
     with contextlib.suppress(ValueError, OSError, AttributeError):  # stderr closed or not a file
         faulthandler.enable(file=sys.stderr, all_threads=True)
 
