@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -137,10 +138,13 @@ class ServedHosts:
         host, _, port = bind.rpartition(":")
         name = _split_host(host)[0]
         names = {name}
-        if name in LOOPBACK_NAMES or name.startswith("127."):
+        wildcard = name in WILDCARD_NAMES
+        if wildcard or name in LOOPBACK_NAMES or name.startswith("127."):
             names.update(LOOPBACK_NAMES)
+        if wildcard:  # all interfaces: this machine's own name too
+            names.add(socket.gethostname().lower())
         extra = frozenset(_split_host(entry) for entry in allowed)
-        return cls(frozenset(names), port, name in WILDCARD_NAMES, extra)
+        return cls(frozenset(names), port, wildcard, extra)
 
     def refusal(self, host_header: str) -> str:
         """Empty when `host_header` names this server, else why not (the 403 reason)."""

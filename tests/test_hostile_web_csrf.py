@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import pytest
 
 from conftest import DaemonFactory, RedisServer, free_port, wait_until
 from daemon.keys import DEFAULT_QUEUE
+from daemon.web import ServedHosts
 
 Q = DEFAULT_QUEUE
 TASK = json.dumps({"queue": Q, "body": "transfer everything"}).encode()
@@ -197,3 +199,15 @@ def test_allowed_host_adds_a_served_name(taskd: DaemonFactory, redis_server: Red
     )
     assert status == 202
     assert web.pushed() == 3
+
+
+def test_served_names_of_a_wildcard_bind_are_ip_literals_loopback_and_the_host_name() -> None:
+    # (a pure decision: binding 0.0.0.0 in a test would open the port to the network)
+    hosts = ServedHosts.of("0.0.0.0:8000")
+    for served in ("10.1.2.3:9000", "[fe80::1]:8000", "localhost:8000", "127.0.0.1"):
+        assert hosts.refusal(served) == "", served
+    assert hosts.refusal(f"{socket.gethostname()}:8000") == ""
+    assert "not a name" in hosts.refusal("rebind.evil.example:8000")
+    assert "not a name" in ServedHosts.of("[::1]:8000").refusal("evil:8000")
+    assert ServedHosts.of("[::1]:8000").refusal("[::1]:8000") == ""
+    assert ServedHosts.of("192.0.2.7:8000").refusal("192.0.2.8:8000") != ""  # not a wildcard
