@@ -1022,10 +1022,11 @@ def evaluate_fault(run: FaultRun, spec: FaultSpec, ev: Evidence, origin: float) 
     if kind == LONG_OUTAGE:
         detected = ev.first_disconnect(start)
         recovered, problems = judge_long_outage(run, ev, end, spec.recover_bound)
-        result["notes"] += [p for p in problems if p.startswith("note: ")]
+        result["notes"] += [p.removeprefix("note: ") for p in problems if p.startswith("note: ")]
         extra_why = [p for p in problems if not p.startswith("note: ")]
-    elif kind == OOM:
-        detected = ev.first_out_of_memory(start - 1.0)
+    elif kind == OOM:  # consumers may notice during the last chunks of the fill
+        first = ev.first_out_of_memory(start - 1.0)
+        detected = None if first is None else max(first, start)
         recovered = ev.all_handled(end)
         notes, extra_why = judge_oom_drain(run, ev, start, end)
         result["notes"] += notes
@@ -2960,9 +2961,9 @@ class SoakRun:
         target = int(run.params.get("attempts", 1500))
         max_hold = float(run.params.get("max_hold_s", 45.0))
         before = self._attempts_now()
-        self.stack.redis_shut_down()
+        run.started = time.time()  # consumers may notice while the shutdown is under way
         self.redis_down = True
-        run.started = time.time()
+        self.stack.redis_shut_down()
         made: dict[str, int] = {}
         try:
             while time.time() < run.started + max_hold:
