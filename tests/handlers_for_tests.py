@@ -46,3 +46,13 @@ def slow_fail(body: bytes) -> None:
     _write("start", body)
     time.sleep(float(body.decode().split(":")[0]))
     raise RuntimeError(f"failed after sleeping: {body!r}")
+
+
+def raise_surrogate(body: bytes) -> None:
+    """Fail with an error whose text holds a lone surrogate (a surrogate-escaped file name),
+    unless the body is ``ok``."""
+    _write("start", body)
+    if body != b"ok":
+        name = os.fsdecode(b"/nonexistent/\xff-" + body)  # '\udcff' in the text
+        raise FileNotFoundError(f"{name}: no such file or directory")
+    _write("done", body)
