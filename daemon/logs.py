@@ -10,6 +10,7 @@ Those are escaped (``\\udcff``, ``\\xff``) so every line is valid UTF-8 for any 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -144,7 +145,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
         ],
     )
     if hasattr(stream, "reconfigure"):  # the last guard: a write never fails on encoding
-        stream.reconfigure(errors="backslashreplace")
+        with contextlib.suppress(ValueError, OSError):  # a closed or detached stream
+            stream.reconfigure(errors="backslashreplace")
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     logging.raiseExceptions = False  # a closed stdout must not turn every log line into a traceback
