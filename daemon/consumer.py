@@ -102,7 +102,8 @@ class Consumer:
         self.memory = MemoryState(self.link, self.log)
         self._oom_probe_at = 0.0
         self._id_wait_logged = False
-        self._server_checked = False
+        self._server_checked = False  # the startup check (script flags, policy) is done
+        self._episode_checked = False  # ... or the check of this connection episode
         self.link.listeners.append(lambda up: metrics.REDIS_CONNECTED.set(1 if up else 0))
         self.progress = progress or Progress(clock)
         self.clock = clock
@@ -228,6 +229,7 @@ class Consumer:
             )
         if startup or policy != self.link.eviction_policy or policy != SAFE_POLICY:
             report_policy(policy, self.link, self.log)
+        self._episode_checked = True
 
     def _take_ids(self) -> bool:
         """Take our worker id on every queue; False while it is held on another machine.
@@ -598,8 +600,9 @@ class Consumer:
         if self.link.succeeded():
             self._maintain_after = 0.0  # reconcile at the next turn
             metrics.REDIS_RECONNECTS.inc()
-            with contextlib.suppress(redis.RedisError):  # the next reconnect reads it again
-                self._check_server(startup=False)  # maybe another server (failover, restart)
+            if not self._episode_checked:  # maybe another server (failover, restart)
+                with contextlib.suppress(redis.RedisError):  # the next reconnect reads it again
+                    self._check_server(startup=False)
             self._kill_orphan_claims()
             # Look for claims whose reply was lost at the start of the next turn (when we
             # hold nothing), and once more after a block timeout: a claim still blocked on
@@ -628,6 +631,8 @@ class Consumer:
         # Backoff runs from the start of the failed attempt: an attempt that hung until its
         # deadline has already waited, so "Redis is back" is noticed within the backoff cap.
         spent = self.clock() - self._attempt_started
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
+            self._episode_checked = False  # check the server again once we are back
         delay = max(0.0, self.link.failed(exc) - spent)
         self.log.debug("redis.retry", error=str(exc), delay=round(delay, 3))
         self.progress.mark()

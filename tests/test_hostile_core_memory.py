@@ -57,6 +57,16 @@ def test_evicting_policy_is_warned_once_and_exported(
     redis_server.client().lpush("jobs", "task")
     wait_until(lambda: taskd.done_bodies() == ["task"], 10, "a task still consumed")
     assert len(daemon.events("redis.eviction_policy_unsafe")) == 1
+    # a new connection episode (here another configuration after a restart): read again
+    redis_server.stop()
+    redis_server.start("--maxmemory-policy", "volatile-lru")
+    daemon.wait_for_event("redis.reconnected", 15)
+    lines = daemon.wait_for_event("redis.eviction_policy_unsafe", 10, count=2)
+    assert lines[1]["policy"] == "volatile-lru" and "run twice" in lines[1]["effect"]
+    text = _metrics(port)
+    assert 'taskd_redis_eviction_policy{policy="volatile-lru"} 1.0' in text
+    assert 'policy="allkeys-lru"' not in text
+    assert len(daemon.events("redis.eviction_policy_unsafe")) == 2
 
 
 def test_require_noeviction_refuses_an_evicting_redis_with_exit_78(

@@ -34,3 +34,21 @@ def test_reconnect_does_not_close_the_claim_connection_of_another_queue_sharing_
         admin.lpush("a", "for-a")
         admin.lpush("b", "for-b")
         wait_until(lambda: sorted(taskd.done_bodies()) == ["for-a", "for-b"], 10, "both served")
+
+
+def test_reconnect_still_closes_this_process_own_half_open_claim_connection(
+    redis_server: RedisServer, taskd: DaemonFactory
+) -> None:
+    with ChaosProxy("127.0.0.1", redis_server.port) as proxy:
+        daemon = taskd.consume(
+            f"redis://127.0.0.1:{proxy.port}/0",
+            *("--queue", "a", "--worker-id", "w1", *HANDLER),
+            *("--block-timeout", "1", "--socket-timeout", "2", "--connect-timeout", "1"),
+            *("--backoff-cap", "0.3"),
+        )
+        daemon.wait_for_event("redis.connected", 10)
+        proxy.set_mode("blackhole")  # the server keeps the old flow: a half-open connection
+        daemon.wait_for_event("redis.disconnected", 10)
+        proxy.set_mode("pass")
+        closed = daemon.wait_for_event("redis.orphan_connection_closed", 15)
+        assert closed[0]["client_id"]
