@@ -139,5 +139,11 @@ def test_real_stack_clock_steps_neither_restart_the_healthy_nor_hide_the_frozen(
         restarts = [json.loads(x) for x in log.splitlines() if '"watchdog.restart"' in x]
         assert [r["process"] for r in restarts] == ["consumer:consumer_01"], restarts
         assert restarts[0]["pid"] == stopped and restarts[0]["heartbeat_age"] > STALL
+        # the restart's SIGABRT left the frozen process's stacks in its log, and no core file
+        wait_until(
+            lambda: "Fatal Python error: Aborted" in stack.log("consumer_01.log"), 10, "the dump"
+        )
+        assert "most recent call first" in stack.log("consumer_01.log")
+        assert not list(stack.root.glob("core*"))
     finally:
         stack.stop()
