@@ -605,6 +605,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  worker {w['worker']}: {state}, holding {w['processing']}")
         if not row.workers:
             print("  no workers")
+    if rows:
+        print(f"redis maxmemory-policy: {rows[0].eviction_policy or 'unknown'}")
+        if rows[0].eviction_warning:
+            print(f"warning: {rows[0].eviction_warning}", file=sys.stderr)
     return exitcodes.OK
 
 

@@ -41,8 +41,9 @@ from werkzeug.wrappers import Response as BaseResponse
 from daemon import exitcodes, metrics
 from daemon.config import ConfigError, Settings
 from daemon.connection import is_transient, make_client
+from daemon.liveness import enable_stack_dumps
 from daemon.producer import ReplicasNotConfirmed, enqueue, publish
-from daemon.status import queue_status
+from daemon.status import queue_statuses
 
 MAX_BODY_BYTES = 1024 * 1024
 # A web request waits for Redis at most this long (connect, handshake, or one reply), even when
@@ -374,7 +375,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     @app.get("/api/queues")
     def queues() -> Response:
         rows = health.observe(
-            lambda: [queue_status(redis_client, q).as_dict() for q in settings.queues]
+            lambda: [row.as_dict() for row in queue_statuses(redis_client, settings.queues)]
         )
         return _json(200, {"queues": rows})
 
@@ -501,6 +502,7 @@ def serve(settings: Settings) -> int:
     The app is built before gunicorn starts so a configuration error is exit 78, not a worker
     boot loop.
     """
+    enable_stack_dumps()
     app = create_app(settings)
     arbiter_pid = os.getpid()
     _log.info("web.starting", bind=settings.web_bind, workers=WORKERS, threads=THREADS)
