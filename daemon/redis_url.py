@@ -18,7 +18,8 @@ Passwords: the userinfo is everything between ``://`` and the LAST ``@`` (for ``
 the last ``@`` followed by ``/``), so a raw ``/``, ``@``, ``:``, ``?`` or ``#`` in a password
 is taken as part of it; ``%XX`` sequences are decoded, so a literal ``%`` must be written
 ``%25`` (percent-encoding the whole password always works). Query values are decoded the same
-way; a raw ``&`` there must be written ``%26``. Master names containing ``@`` must be written
+way; a query value runs to the next ``&db=``, ``&sentinel_password=`` or
+``&sentinel_username=``, so a raw ``&`` in it is kept. Master names containing ``@`` must be written
 ``%40``. No error message ever shows any part of the userinfo or of a password parameter.
 """
 
@@ -72,21 +73,27 @@ class RedisTarget:
 
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 # Query parameters whose value is a secret (hidden) or may hold a raw "@" (not a userinfo end).
-_SECRET_PARAM = re.compile(r"(?P<key>[?&]sentinel_password=)(?P<value>[^&]*)", re.IGNORECASE)
+# A query value runs to the next "&name=" of a known parameter, so a raw "&" in a password
+# stays in it (and stays hidden).
+_NEXT_PARAM = r"&(?=(?:db|sentinel_password|sentinel_username)=)"
+_NAME = re.compile(r"[a-z_]{1,40}", re.IGNORECASE)
+_SHOWN_PARAMS = ("db", "sentinel_username")  # every other query value is shown as ***
 _AT_PARAM = re.compile(r"[?&]sentinel_(?:password|username)=", re.IGNORECASE)
 
 
 def _userinfo_end(rest: str, unix: bool, skip_params: bool) -> int:
     """Index of the ``@`` that ends the userinfo in `rest` (after ``://``), or -1.
 
-    The last ``@`` wins (for unix://, the last one followed by ``/``: a socket path may hold
-    an ``@``). With `skip_params`, an ``@`` inside a sentinel credential parameter's value
+    The last ``@`` wins (for unix://, the last one followed by ``/``, if any: a socket path
+    may hold an ``@``). With `skip_params`, an ``@`` inside a sentinel credential parameter's value
     is not a userinfo end (that is how `parse` reads the URL).
     """
+    if unix and rest.startswith("/"):  # unix:///path: no userinfo (it cannot start with /)
+        return -1
     end = len(rest)
     while (at := rest.rfind("@", 0, end)) >= 0:
         end = at
-        if unix and not rest.startswith("/", at + 1):
+        if unix and not rest.startswith("/", at + 1) and "@/" in rest[:at]:
             continue
         if skip_params and _AT_PARAM.search(rest, 0, at):
             continue
@@ -95,29 +102,40 @@ def _userinfo_end(rest: str, unix: bool, skip_params: bool) -> int:
 
 
 def _redact_one(url: str) -> str:
-    """`url` (starting with a scheme) with its userinfo password and secret params hidden.
+    """`url` (starting with a scheme) with its userinfo password and query values hidden.
 
-    Hides the union of both readings of the userinfo (last ``@`` overall, and `parse`'s,
-    which skips an ``@`` inside a sentinel credential parameter), so no reading of an odd
-    URL can show part of a password.
+    When the two readings of the userinfo differ (last ``@`` overall, and `parse`'s, which
+    skips an ``@`` inside a sentinel credential parameter), everything is hidden: no reading
+    of an odd URL may show part of a password.
     """
     scheme, _, rest = url.partition("://")
     unix = scheme.lower() == "unix"
-    at = max(_userinfo_end(rest, unix, False), _userinfo_end(rest, unix, True))
-    secrets = [m.span("value") for m in _SECRET_PARAM.finditer(rest)]
-    for start, end in secrets:
-        if start <= at < end:  # the last "@" is in a secret value: hide up to its end
-            return f"{scheme}://***{_SECRET_PARAM.sub(_hide_value, rest[end:])}"
+    at = _userinfo_end(rest, unix, False)
+    if at != _userinfo_end(rest, unix, True):
+        return f"{scheme}://***"
     head = ""
     if at >= 0:
         userinfo, rest = rest[:at], rest[at + 1 :]
         user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
         head = f"{user}:***@"
-    return f"{scheme}://{head}{_SECRET_PARAM.sub(_hide_value, rest)}"
+    return f"{scheme}://{head}{_hide_query(rest)}"
 
 
-def _hide_value(match: re.Match[str]) -> str:
-    return f"{match.group('key')}***"
+def _hide_query(rest: str) -> str:
+    """The query with only db= and sentinel_username= values shown (names if plain words)."""
+    path, question, query = rest.partition("?")
+    if not question:
+        return rest
+    shown = []
+    for item in re.split(_NEXT_PARAM, query, flags=re.IGNORECASE):
+        key, equals, _value = item.partition("=")
+        if not equals or not _NAME.fullmatch(key):
+            shown.append("***")
+        elif key.lower() in _SHOWN_PARAMS:
+            shown.append(item)
+        else:
+            shown.append(f"{key}=***")
+    return f"{path}?{'&'.join(shown)}"
 
 
 def redact(text: str) -> str:
@@ -188,7 +206,7 @@ def _query(text: str, scheme: str, url: str) -> dict[str, str]:
     if not text:
         return params
     allowed = QUERY_KEYS[scheme]
-    for item in text.split("&"):
+    for item in re.split(_NEXT_PARAM, text, flags=re.IGNORECASE):
         key, equals, value = item.partition("=")
         key = key.lower()
         if not equals:  # not shown: it could be a misplaced secret
