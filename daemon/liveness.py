@@ -167,6 +167,11 @@ def all_stacks() -> str:
         parts.append(
             f"Thread {names.get(ident, ident)}:\n" + "".join(traceback.format_stack(frame))
         )
+    from daemon.handlers import coroutine_stacks  # lazy: liveness stays import-light
+
+    coroutines = coroutine_stacks()
+    if coroutines:  # where an async handler waits: the thread stack only shows the loop
+        parts.append("Coroutines of async handlers:\n" + coroutines)
     return "\n".join(parts)
 
 

@@ -77,6 +77,7 @@ def test_async_handler_past_task_timeout_trips_the_watchdog_exit_70(
     (stall,) = daemon.events("watchdog.stall")
     assert "task-timeout" in stall["reason"]
     assert "run_coroutine" in stall["stacks"]  # the main thread is in the handler's loop
+    assert "async_hang" in stall["stacks"]  # and the coroutine's own frame is shown
     assert starts(taskd, "forever") == 1
     assert "forever" not in taskd.done_bodies()
     held = redis_server.client().keys(f"{Q}:processing:*")
