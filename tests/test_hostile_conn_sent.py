@@ -178,3 +178,26 @@ def test_ack_refused_by_a_full_server_is_retried_and_the_task_runs_once(
     assert starts == ["slow:2:once"]
     assert admin.llen("jobs") == 0 and admin.llen(QueueKeys("jobs").processing("w1")) == 0
     assert daemon.proc.poll() is None
+
+
+def test_unix_socket_connections_record_what_was_sent(tmp_path: Path) -> None:
+    sock = tmp_path / "redis.sock"
+    server = RedisServer(tmp_path / "unix", None, "--unixsocket", str(sock))
+    server.workdir.mkdir()
+    server.start()
+    try:
+        client = make_client(settings(f"unix://{sock}?db=1"))
+        client.lpush("q", "x")
+        assert server.client(db=1).llen("q") == 1
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            exc = raised(lambda: client.lpush("q", "y"))
+            assert getattr(exc, SENT) is True and maybe_applied(exc)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+    finally:
+        server.stop()
+    missing = make_client(settings(f"unix://{tmp_path / 'nothing.sock'}"))
+    exc = raised(lambda: missing.lpush("q", "z"))
+    assert getattr(exc, SENT) is False and not maybe_applied(exc)
