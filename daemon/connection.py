@@ -201,7 +201,7 @@ class SentTracking:
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         if not self._sock:  # as redis-py does, but outside the "written" phase
-            self.connect_check_health(check_health=False)
+            self.connect()
         if check_health:
             self.check_health()
         try:
@@ -289,7 +289,7 @@ class TaskdSentinel(Sentinel):
             state = masters.get(service_name)
             if state and self.check_master_state(state, service_name):
                 self.sentinels[0], self.sentinels[number] = sentinel, self.sentinels[0]
-                forced = self._force_master_ip
+                forced = getattr(self, "_force_master_ip", None)  # redis-py >= 5.0.1
                 return (forced if forced is not None else state["ip"]), state["port"]
         if refusal is not None:
             raise refusal
@@ -387,12 +387,19 @@ def make_client(settings: Settings, client_name: str | None = None) -> redis.Red
         for tcp_only in ("socket_keepalive", "socket_keepalive_options"):
             kwargs.pop(tcp_only, None)
         pool = TaskdConnectionPool(connection_class=TaskdUnixConnection, path=target.path, **kwargs)
-        return redis.Redis.from_pool(pool)
+        return _owning(pool)
     host, port = target.hosts[0]
     tls = bool(kwargs.pop("ssl", False))
     connection_class = TaskdSSLConnection if tls else TaskdConnection
     pool = TaskdConnectionPool(connection_class=connection_class, host=host, port=port, **kwargs)
-    return redis.Redis.from_pool(pool)
+    return _owning(pool)
+
+
+def _owning(pool: redis.ConnectionPool) -> redis.Redis:
+    """A client that closes `pool` when closed (what Redis.from_pool does in redis-py >= 5.0.1)."""
+    client = redis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True
+    return client
 
 
 def sentinel_kwargs(settings: Settings, target: redis_url.RedisTarget) -> dict[str, Any]:
