@@ -3,6 +3,11 @@
 The client library is told never to retry on its own (``Retry(NoBackoff(), 0)``): a blocking
 claim that is silently re-sent after a timeout can pop a task into a socket that was just
 dropped. The consume loop owns retries, so it knows when a reply was lost and reconciles.
+
+Whether a failed command may have been applied is decided from the wire, not from error
+texts: every connection taskd makes (TCP, unix, TLS, Sentinel-managed) marks the exception it
+raises with whether the command's bytes had been written (`SentTracking`, `maybe_applied`).
+A reconnect loop may run for days: the backoff is fed a capped failure count (`LinkState`).
 """
 
 from __future__ import annotations
