@@ -47,7 +47,7 @@ from daemon.memory import (
     report_policy,
     server_major_version,
 )
-from daemon.ownership import REFUSE, TAKE, Owner, decide, process_alive
+from daemon.ownership import IdKeeper, Owner
 from daemon.redis_url import redact
 from daemon.reliable import (
     ReliableQueue,
@@ -56,6 +56,7 @@ from daemon.reliable import (
     digest,
     safe_text,
 )
+from daemon.task_heartbeat import TaskHeartbeat, describe_error
 
 T = TypeVar("T")
 
@@ -65,7 +66,6 @@ MAINTAIN_GRANULARITY = 0.1  # seconds: how often the loop looks at what is due
 MAX_TRACEBACK = 4000  # characters of a handler's traceback kept in its failure log line
 OOM_POLL = 0.3  # seconds between claims of an empty queue while Redis is out of memory
 OOM_PROBE_EVERY = 0.5  # seconds between plain claims that tell whether Redis is still full
-ID_WAIT_POLL = 1.0  # seconds between attempts to take a worker id held on another host
 
 
 class Consumer:
@@ -101,7 +101,6 @@ class Consumer:
         self.link = LinkState(backoff or make_backoff(settings), self.log, clock=clock)
         self.memory = MemoryState(self.link, self.log)
         self._oom_probe_at = 0.0
-        self._id_wait_logged = False
         self._server_checked = False  # the startup check (script flags, policy) is done
         self._episode_checked = False  # ... or the check of this connection episode
         self.link.listeners.append(lambda up: metrics.REDIS_CONNECTED.set(1 if up else 0))
@@ -122,7 +121,10 @@ class Consumer:
         self._turn = 0
         self._maintain_after = 0.0
         self._attempt_started = clock()
-        self._task_heartbeat = _TaskHeartbeat(
+        self._ids = IdKeeper(
+            self.queues, self.owner, settings.heartbeat_ttl, self.log, self.stop_requested.wait
+        )
+        self._task_heartbeat = TaskHeartbeat(
             [ReliableQueue(self.aux_client, q, self.worker, self.owner) for q in settings.queues],
             settings.heartbeat_ttl,
             self.log,
@@ -193,7 +195,7 @@ class Consumer:
         if not self._server_checked:  # once: not again on every turn spent waiting for the id
             self._check_server(startup=True)
             self._server_checked = True
-        if not self._take_ids():
+        if not self._ids.take():
             return
         for queue in self.queues:
             recovered = queue.return_own(self.settings.max_attempts, count_attempt=True)
@@ -230,64 +232,6 @@ class Consumer:
         if startup or policy != self.link.eviction_policy or policy != SAFE_POLICY:
             report_policy(policy, self.link, self.log)
         self._episode_checked = True
-
-    def _take_ids(self) -> bool:
-        """Take our worker id on every queue; False while it is held on another machine.
-
-        A holder that is a dead process on this machine (kill -9, then a restart) is taken
-        over at once; a live one here is exit 78; one elsewhere is waited for (its heartbeat
-        expires when it is gone).
-        """
-        for queue in self.queues:
-            replace = b""
-            for _ in range(3):  # a dead holder replaced by another one meanwhile: look again
-                holder = queue.take(self.settings.heartbeat_ttl, replace)
-                if holder is None:
-                    break
-                found = Owner.parse(holder)
-                verdict = decide(found, self.owner, process_alive)
-                if verdict == TAKE:
-                    self.log.warning(
-                        "worker.id_taken_over",
-                        queue=queue.keys.queue,
-                        previous=found.describe() if found else repr(holder),
-                        note="its previous process is gone (killed?); its tasks are returned",
-                    )
-                    replace = holder
-                    continue
-                if verdict == REFUSE:
-                    self._release_ids()
-                    raise RedisFatalError(self._id_in_use(queue, found))
-                self._wait_for_id(queue, found, holder)
-                return False
-        self._id_wait_logged = False
-        return True
-
-    def _id_in_use(self, queue: ReliableQueue, holder: Owner | None) -> str:
-        who = holder.describe() if holder else "unknown"
-        return (
-            f"worker id {self.worker!r} of queue {queue.keys.queue!r} is in use by a live "
-            f"process on this host ({who}); expected one process per --worker-id: stop that "
-            "process or give this one another --worker-id"
-        )
-
-    def _wait_for_id(self, queue: ReliableQueue, holder: Owner | None, raw: bytes) -> None:
-        if not self._id_wait_logged:
-            self._id_wait_logged = True
-            self.log.warning(
-                "worker.id_held_elsewhere",
-                queue=queue.keys.queue,
-                holder=holder.describe() if holder else safe_text(repr(raw)[:120]),
-                note="another host (or container) consumes with this --worker-id; waiting "
-                "until its heartbeat expires before consuming",
-            )
-        self.stop_requested.wait(min(ID_WAIT_POLL, self.settings.heartbeat_ttl / 3))
-
-    def _release_ids(self) -> None:
-        """Give back the ids taken so far (only those still ours)."""
-        with contextlib.suppress(redis.RedisError):
-            for queue in self.queues:
-                queue.forget_self()
 
     def _due(self, name: str, every: float, now: float) -> bool:
         if now >= self._next.get(name, 0.0):
@@ -664,7 +608,7 @@ class Consumer:
         """Leave nothing behind: return unseen claims (and the one claimed ahead), say goodbye."""
         self._next_task = None
         if not self._started:  # nothing claimed yet; give back the ids taken so far
-            self._release_ids()
+            self._ids.release()
             return
         try:
             self._kill_orphan_claims()  # a claim still blocked on a dead connection
@@ -677,15 +621,6 @@ class Consumer:
                 error=str(exc),
                 note="heartbeat expires by itself; a peer or the next start recovers the rest",
             )
-
-
-def describe_error(exc: BaseException) -> str:
-    """A handler error as safe text: its __str__ may raise or carry lone surrogates."""
-    try:
-        text = f"{type(exc).__name__}: {exc}"
-    except Exception:  # noqa: BLE001 - a broken __str__ must not crash the loop
-        text = f"{type(exc).__name__}: <str() of the exception failed>"
-    return safe_text(text)
 
 
 def _track_connection_ids(client: redis.Redis, ids: set[int]) -> None:
@@ -709,48 +644,3 @@ def _track_connection_ids(client: redis.Redis, ids: set[int]) -> None:
             pass
 
     pool.connection_kwargs["redis_connect_func"] = connect
-
-
-class _TaskHeartbeat(threading.Thread):
-    """Keeps the worker's heartbeat alive while a long handler runs (own connection).
-
-    Finding the worker id taken over, it stops beating and leaves the error in `lost` for
-    the loop. Any other unexpected error is a death that /healthz reports (not a silent one).
-    """
-
-    def __init__(
-        self, queues: list[ReliableQueue], ttl: float, log: Any, progress: Progress
-    ) -> None:
-        super().__init__(name="taskd-task-heartbeat", daemon=True)
-        self.queues = queues
-        self.ttl = ttl
-        self.log = log
-        self.progress = progress
-        self.busy = False  # set by the loop around each handler run (a plain flag: cheap)
-        self.lost: WorkerIdLost | None = None
-        self._stopped = threading.Event()
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    def run(self) -> None:
-        try:
-            self._beat_while_busy()
-        except WorkerIdLost as exc:
-            self.lost = exc
-        except BaseException as exc:  # noqa: BLE001 - reported, not swallowed
-            error = describe_error(exc)
-            self.log.error(
-                "thread.died", thread=self.name, error=error, traceback=traceback.format_exc()
-            )
-            metrics.HELPER_THREAD_DEATHS.labels(thread=self.name).inc()
-            self.progress.helper_died(self.name, error)
-
-    def _beat_while_busy(self) -> None:
-        while not self._stopped.wait(self.ttl / 3):
-            if not self.busy:
-                continue
-            for queue in self.queues:
-                # the main loop reports an outage; a missed beat only risks a duplicate
-                with contextlib.suppress(redis.RedisError):
-                    queue.heartbeat(self.ttl)

@@ -10,17 +10,26 @@ runs elsewhere (another host, container or PID namespace: its pid means nothing 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from daemon.connection import RedisFatalError
+
+if TYPE_CHECKING:
+    from daemon.reliable import ReliableQueue
 
 TAKE = "take"
 REFUSE = "refuse"
 WAIT = "wait"
+WAIT_POLL = 1.0  # seconds between attempts to take a worker id held on another machine
 
 
 @dataclass(frozen=True)
@@ -116,3 +125,84 @@ def _readlink(path: str) -> str:
         return os.readlink(path)
     except OSError:
         return ""
+
+
+class IdKeeper:
+    """Takes this process's worker id on every queue at startup, or says why it cannot.
+
+    A holder that is a dead process on this machine (kill -9, then a restart) is taken over
+    at once; a live one here is RedisFatalError (exit 78); one elsewhere is waited for, with
+    one log line: its heartbeat expires when it is gone.
+    """
+
+    def __init__(
+        self,
+        queues: list[ReliableQueue],
+        owner: Owner,
+        ttl: float,
+        log: Any,
+        wait: Callable[[float], Any],
+    ) -> None:
+        self.queues = queues
+        self.owner = owner
+        self.ttl = ttl
+        self.log = log
+        self._wait = wait  # interruptible by a stop request
+        self._wait_logged = False
+
+    def take(self) -> bool:
+        """Take the id on every queue; False while it is held elsewhere (after a short wait)."""
+        for queue in self.queues:
+            if not self._take_one(queue):
+                return False
+        self._wait_logged = False
+        return True
+
+    def _take_one(self, queue: ReliableQueue) -> bool:
+        replace = b""
+        for _ in range(3):  # a dead holder replaced by another one meanwhile: look again
+            holder = queue.take(self.ttl, replace)
+            if holder is None:
+                return True
+            found = Owner.parse(holder)
+            verdict = decide(found, self.owner, process_alive)
+            if verdict == REFUSE:
+                self.release()
+                raise RedisFatalError(self._in_use(queue, found))
+            if verdict == WAIT:
+                self._wait_for(queue, found, holder)
+                return False
+            self.log.warning(
+                "worker.id_taken_over",
+                queue=queue.keys.queue,
+                previous=found.describe() if found else repr(holder),
+                note="its previous process is gone (killed?); its tasks are returned",
+            )
+            replace = holder
+        return False
+
+    def _in_use(self, queue: ReliableQueue, holder: Owner | None) -> str:
+        who = holder.describe() if holder else "unknown"
+        return (
+            f"worker id {queue.worker!r} of queue {queue.keys.queue!r} is in use by a live "
+            f"process on this host ({who}); expected one process per --worker-id: stop that "
+            "process or give this one another --worker-id"
+        )
+
+    def _wait_for(self, queue: ReliableQueue, holder: Owner | None, raw: bytes) -> None:
+        if not self._wait_logged:
+            self._wait_logged = True
+            self.log.warning(
+                "worker.id_held_elsewhere",
+                queue=queue.keys.queue,
+                holder=holder.describe() if holder else repr(raw)[:120],
+                note="another host (or container) consumes with this --worker-id; waiting "
+                "until its heartbeat expires before consuming",
+            )
+        self._wait(min(WAIT_POLL, self.ttl / 3))
+
+    def release(self) -> None:
+        """Give back the ids taken so far (only those still ours); best effort."""
+        with contextlib.suppress(redis.RedisError):
+            for queue in self.queues:
+                queue.forget_self()
