@@ -141,7 +141,11 @@ def fatal_reason(exc: BaseException, url: str) -> str:
         hint = "expected Redis 6.2 or newer (taskd needs BLMOVE and Lua scripting)"
     elif "db index" in lowered:
         hint = "expected a database index the server has (see its `databases` setting)"
-    elif "noperm" in lowered or isinstance(exc, redis.exceptions.NoPermissionError):
+    elif (
+        "noperm" in lowered
+        or "can't run this command" in lowered  # a command inside a script, under an ACL
+        or isinstance(exc, redis.exceptions.NoPermissionError)
+    ):
         hint = (
             "expected an ACL user allowed the taskd commands, keys and channels "
             "(conf/redis-acl.conf)"

@@ -21,7 +21,7 @@ import redis
 
 from conftest import DaemonFactory, RedisServer, free_port, wait_until
 from daemon.config import Settings
-from daemon.connection import REFUSED, SENT, make_client, maybe_applied
+from daemon.connection import REFUSED, SENT, fatal_reason, is_transient, make_client, maybe_applied
 from daemon.keys import QueueKeys
 from daemon.reliable import ReliableQueue
 
@@ -201,3 +201,15 @@ def test_unix_socket_connections_record_what_was_sent(tmp_path: Path) -> None:
     missing = make_client(settings(f"unix://{tmp_path / 'nothing.sock'}"))
     exc = raised(lambda: missing.lpush("q", "z"))
     assert getattr(exc, SENT) is False and not maybe_applied(exc)
+
+
+def test_a_script_command_the_acl_forbids_is_refused_and_named(redis_server: RedisServer) -> None:
+    redis_server.client().acl_setuser(
+        "limited", enabled=True, passwords=["+pw"], keys=["*"], commands=["+eval", "+ping"]
+    )
+    url = f"redis://limited:pw@127.0.0.1:{redis_server.port}/0"
+    client = make_client(settings(url))
+    exc = raised(lambda: client.eval("return redis.call('GET', KEYS[1])", 1, "k"))
+    assert getattr(exc, REFUSED) is True and not maybe_applied(exc) and not is_transient(exc)
+    line = fatal_reason(exc, url)
+    assert "ACL user" in line and "pw@" not in line
