@@ -346,9 +346,9 @@ class Consumer:
             self.progress.task_finished()
             m.in_progress.dec()
             m.duration.observe(duration)
-        if self._task_heartbeat.lost is not None:  # another process holds our id now
-            raise self._task_heartbeat.lost
         try:
+            if self._task_heartbeat.lost is not None:  # another process holds our id now
+                raise self._task_heartbeat.lost
             if error is None:
                 self._succeeded(queue, body, duration, task_digest)
             else:
