@@ -43,7 +43,11 @@ class QueueKeys:
         return f"{self.queue}:workers"
 
     def alive(self, worker: str) -> str:
-        """A worker's heartbeat key (string with TTL); gone means the worker is dead."""
+        """A worker's heartbeat key (string with TTL); gone means the worker is dead.
+
+        Its value is the owner record (JSON, daemon/ownership.py) of the one process that
+        consumes with that worker id.
+        """
         return f"{self.queue}:alive:{worker}"
 
     @property
