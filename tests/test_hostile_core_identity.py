@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import signal
 import time
 from collections import Counter
 
 from conftest import DaemonFactory, RedisServer, wait_until
+from daemon.ownership import REFUSE, TAKE, WAIT, Owner, decide, process_alive, process_start
 
 HANDLER = ("--handler", "handlers_for_tests:record")
 Q = "jobs"
@@ -89,3 +92,18 @@ def test_process_that_lost_its_id_stops_without_touching_the_list(
     assert "taken over by another process (host elsewhere, pid 4242" in daemon.log_path.read_text()
     assert client.lrange(f"{Q}:processing:w1", 0, -1) == [b"slow:2:held"]  # left for the owner
     assert json.loads(client.get(f"{Q}:alive:w1"))["pid"] == 4242
+
+
+def test_decide_takes_over_only_a_dead_holder_on_this_very_machine() -> None:
+    me = Owner.current()
+    here = dataclasses.replace(me, token="other", pid=os.getppid())
+    start = process_start(os.getppid())
+    assert decide(dataclasses.replace(here, start=start), me, process_alive) == REFUSE
+    recycled = dataclasses.replace(here, start=str(int(start or 0) + 1))  # same pid, not it
+    assert decide(recycled, me, process_alive) == TAKE
+    assert decide(dataclasses.replace(here, pid=2**22 + 7), me, process_alive) == TAKE
+    assert decide(dataclasses.replace(here, host="elsewhere"), me, process_alive) == WAIT
+    assert decide(dataclasses.replace(here, pidns="pid:[1]"), me, process_alive) == WAIT
+    assert decide(None, me, process_alive) == WAIT  # "1" of an older taskd: unknown
+    assert Owner.parse(b"1") is None
+    assert Owner.parse(me.encode()) == me
