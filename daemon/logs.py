@@ -25,7 +25,7 @@ from daemon import redis_url
 def _redact_secrets(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """Last line of defence: any value that looks like a URL with credentials is redacted."""
     for key, value in event_dict.items():
-        if isinstance(value, str) and "://" in value and "@" in value:
+        if isinstance(value, str) and "://" in value:
             try:
                 event_dict[key] = redis_url.redact(value)
             except Exception:  # noqa: BLE001 - logging must not raise; hide it all instead

@@ -388,6 +388,8 @@ def run(settings: Settings, handler: Handler) -> int:
     if not settings.channels and not settings.patterns:
         raise ConfigError("nothing to subscribe to: expected --channel C or --pattern P")
     subscriber = Subscriber(settings, handler)
+    # Without --durable the subscriber consumes no queue: its /metrics reads none either.
+    served = dataclasses.replace(settings, queues=())
     return supervise(
-        settings, subscriber.progress, subscriber.link, subscriber.stop, subscriber.run, log
+        served, subscriber.progress, subscriber.link, subscriber.stop, subscriber.run, log
     )

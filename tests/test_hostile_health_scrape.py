@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from redis.backoff import NoBackoff
@@ -182,11 +181,6 @@ def test_status_shows_the_eviction_policy_and_warns_unless_noeviction(
             server.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs subscriber.run to serve metrics with no queues when not --durable "
-    "(dataclasses.replace(settings, queues=()) passed to supervise): daemon/subscriber.py",
-)
 def test_a_subscriber_without_durable_reads_no_queue_at_scrape_time(
     redis_server: RedisServer, taskd: DaemonFactory
 ) -> None:
