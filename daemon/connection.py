@@ -99,6 +99,37 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+# What an error reply that waiting cures says about the server, by its error code.
+_REFUSALS = {
+    "READONLY": "a read-only replica (READONLY)",
+    "LOADING": "loading its dataset (LOADING)",
+    "BUSY": "busy running a script (BUSY)",
+    "MISCONF": "unable to persist, refusing writes (MISCONF)",
+    "NOREPLICAS": "not enough replicas for writes (NOREPLICAS)",
+    "MASTERDOWN": "a replica whose master link is down (MASTERDOWN)",
+    "UNBLOCKED": "changing role (UNBLOCKED)",
+    "TRYAGAIN": "migrating keys (TRYAGAIN)",
+    "CLUSTERDOWN": "a cluster that is down (CLUSTERDOWN)",
+}
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """Why Redis, answering, refused a command in a way waiting cures; "" if it did not answer.
+
+    Out of memory is not one of these: the consumer drains a full Redis (see daemon/memory.py).
+    """
+    if not isinstance(exc, redis.ResponseError | redis.exceptions.BusyLoadingError):
+        return ""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError) or not is_transient(exc):
+        return ""
+    if isinstance(exc, redis.exceptions.BusyLoadingError):
+        return _REFUSALS["LOADING"]
+    if isinstance(exc, redis.ReadOnlyError):
+        return _REFUSALS["READONLY"]
+    code = (str(exc).split(" ", 1)[0] or type(exc).__name__).upper()
+    return _REFUSALS.get(code, f"refusing commands ({code})")
+
+
 def maybe_applied(exc: BaseException) -> bool:
     """Could the command that raised `exc` have been carried out by the server anyway?
 
@@ -477,20 +508,31 @@ class LinkState:
     refusing: str = ""
     # maxmemory-policy read after the last (re)connect; "" = not known yet.
     eviction_policy: str = ""
+    # The current outage is Redis answering with error replies that waiting cures (READONLY,
+    # LOADING, BUSY...): reachable, but refusing our commands. "" = unreachable, or no outage.
+    rejecting: str = ""
+    rejecting_since: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def failed(self, exc: BaseException) -> float:
         """Record a failed call; returns the delay before the next attempt."""
         with self._lock:
+            rejecting = refusal_reason(exc)
             if self.connected is not False:
                 self.down_since = self.clock()
                 self.log.warning(
                     "redis.disconnected",
                     error=f"{type(exc).__name__}: {exc}",
                     first_contact=self.connected is None,
+                    **({"refusing": rejecting} if rejecting else {}),
                 )
                 self.connected = False
                 self._notify(False)
+            if rejecting and not self.rejecting:
+                self.rejecting_since = self.clock()
+            self.rejecting = rejecting
+            if not rejecting:
+                self.rejecting_since = None
             self.failures += 1
             return float(self.backoff.compute(min(self.failures, BACKOFF_STEPS)))
 
@@ -513,6 +555,7 @@ class LinkState:
             self.connected = True
             self.failures = 0
             self.down_since = None
+            self.rejecting, self.rejecting_since = "", None
             self._notify(True)
             return was_down
 

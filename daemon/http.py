@@ -165,12 +165,15 @@ def stale_work_reason(
     """
     if link is None or snap.task is not None:
         return None
-    if not (link.connected or link.refusing):
+    if not (link.connected or link.refusing or link.rejecting):
         return None
+    if link.rejecting and link.rejecting_since is not None:  # answering again since then
+        since_reachable = link.clock() - link.rejecting_since
     stale = since_work if since_reachable is None else min(since_work, since_reachable)
     if stale <= stall_timeout:
         return None
-    why = f"Redis refuses writes: {link.refusing}" if link.refusing else "Redis answers"
+    refusing = link.refusing or link.rejecting
+    why = f"Redis refuses writes: {refusing}" if refusing else "Redis answers"
     return (
         f"no task claimed or settled for {stale:.1f} s although {why}, "
         f"past --stall-timeout {stall_timeout:g} s"
@@ -227,6 +230,14 @@ def readiness(link: LinkState) -> tuple[int, dict[str, Any]]:
         status = 503
     elif link.connected:
         body, status = {"state": "ready", "redis": "connected"}, 200
+    elif link.rejecting:  # it answers, but only with refusals (a replica, LOADING, BUSY...)
+        body = {
+            "state": "not_ready",
+            "redis": "connected",
+            "refusing": link.rejecting,
+            "reason": f"Redis refuses commands: it is {link.rejecting}",
+        }
+        status = 503
     else:
         down = "unknown" if link.connected is None else "down"
         body = {"state": "not_ready", "redis": down, "reason": _unreachable(link)}

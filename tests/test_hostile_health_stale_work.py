@@ -16,8 +16,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from conftest import DaemonFactory, RedisServer, free_port, wait_until
 
 STALL = 6.0  # above the socket timeout (block timeout 0.5 + margin)
@@ -31,11 +29,6 @@ def _get(url: str) -> tuple[int, dict[str, Any]]:
         return exc.code, json.loads(exc.read())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the consumer to report an error reply (READONLY) as Redis reachable but "
-    "refusing (link.refusing set, link.connected kept true): daemon/consumer.py, connection.py",
-)
 def test_healthz_is_503_while_a_read_only_replica_refuses_every_claim(
     tmp_path: Path, taskd: DaemonFactory
 ) -> None:

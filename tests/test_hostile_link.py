@@ -1,0 +1,40 @@
+"""The link state tells "Redis is away" from "Redis answers but refuses" (READONLY, LOADING...)."""
+
+from __future__ import annotations
+
+import redis
+import structlog
+from redis.backoff import NoBackoff
+
+from daemon.connection import LinkState, refusal_reason
+from daemon.http import readiness
+
+
+def _link() -> LinkState:
+    return LinkState(NoBackoff(), structlog.get_logger("test"))
+
+
+def test_error_replies_that_waiting_cures_are_refusals_and_network_errors_are_not() -> None:
+    assert refusal_reason(redis.ReadOnlyError("READONLY You can't write")) == (
+        "a read-only replica (READONLY)"
+    )
+    assert "LOADING" in refusal_reason(redis.exceptions.BusyLoadingError("LOADING ..."))
+    assert "BUSY" in refusal_reason(redis.ResponseError("BUSY Redis is busy running a script"))
+    assert refusal_reason(redis.ConnectionError("Connection refused")) == ""
+    assert refusal_reason(redis.exceptions.OutOfMemoryError("OOM command not allowed")) == ""
+    assert refusal_reason(redis.ResponseError("WRONGTYPE Operation")) == ""  # fatal, not this
+
+
+def test_readyz_says_redis_answers_but_refuses_while_a_replica_rejects_writes() -> None:
+    link = _link()
+    link.succeeded()
+    link.failed(redis.ReadOnlyError("READONLY You can't write against a read only replica."))
+    status, body = readiness(link)
+    assert status == 503 and body["redis"] == "connected"
+    assert body["refusing"] == "a read-only replica (READONLY)"
+    link.failed(redis.ConnectionError("Connection refused"))  # now it is really away
+    status, body = readiness(link)
+    assert status == 503 and body["redis"] == "down" and "refusing" not in body
+    link.succeeded()
+    assert readiness(link) == (200, {"state": "ready", "redis": "connected"})
+    assert link.rejecting == "" and link.rejecting_since is None
