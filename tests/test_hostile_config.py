@@ -113,7 +113,7 @@ def test_sentinel_password_file_is_read_and_an_empty_one_is_refused(tmp_path: Pa
     ("args", "expected"),
     [
         (["watchdog", "--metrics-port", "70000"], "expected a TCP port 1-65535"),
-        (["dead", "list", "--limit", "0"], "expected a whole number >= 1"),
+        (["dead", "list", "--limit", "0"], "expected a whole number 1-1000000"),
         (["enqueue", "--wait-replicas", "-1", "x"], "--wait-replicas='-1'"),
         (["consume", "--metrics-port", "70000", "--handler", "m:f"], "--metrics-port=70000"),
     ],
