@@ -160,16 +160,10 @@ def _sync_handler(function: Callable[[bytes], object]) -> Callable[[bytes], None
 
 
 def _async_handler(function: Callable[[bytes], Any]) -> Callable[[bytes], None]:
-    def call(body: bytes) -> None:
-        try:
-            run_coroutine(function(body))
-        except Exception as exc:
-            _check_renderable(exc)
-            raise
-        except BaseException as exc:
-            raise HandlerAborted(f"{_describe(exc)} raised by the handler") from exc
+    def run(body: bytes) -> None:
+        run_coroutine(function(body))
 
-    return functools.update_wrapper(call, function, updated=())
+    return functools.update_wrapper(_sync_handler(run), function, updated=())
 
 
 def _complete(result: object) -> None:

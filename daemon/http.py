@@ -220,24 +220,18 @@ def readiness(link: LinkState) -> tuple[int, dict[str, Any]]:
     than noeviction is ready with a warning (it works, but may lose tasks).
     """
     body: dict[str, Any]
-    if link.refusing:
+    # Full (the consumer still drains), or answering only with refusals (a replica, LOADING...)
+    refusing = link.refusing or ("" if link.connected else link.rejecting)
+    if refusing:
         body = {
             "state": "not_ready",
             "redis": "connected",
-            "refusing": link.refusing,
-            "reason": f"Redis refuses writes: {link.refusing}",
+            "refusing": refusing,
+            "reason": f"Redis refuses writes: {refusing}",
         }
         status = 503
     elif link.connected:
         body, status = {"state": "ready", "redis": "connected"}, 200
-    elif link.rejecting:  # it answers, but only with refusals (a replica, LOADING, BUSY...)
-        body = {
-            "state": "not_ready",
-            "redis": "connected",
-            "refusing": link.rejecting,
-            "reason": f"Redis refuses commands: it is {link.rejecting}",
-        }
-        status = 503
     else:
         down = "unknown" if link.connected is None else "down"
         body = {"state": "not_ready", "redis": down, "reason": _unreachable(link)}
