@@ -27,6 +27,8 @@ from daemon.liveness import (
     json_log_line,
     log_fd,
 )
+from daemon.redis_url import redact
+from daemon.sd_notify import Notifier, utc_clock_time
 
 
 def _last_line(level: str, event: str, **fields: Any) -> None:
@@ -47,6 +49,9 @@ class GracefulStop:
         self.requested = threading.Event()
         self._signalled = False
         self._timer: threading.Timer | None = None
+        # Called once, from the signal handler, when the drain begins (systemd's STOPPING=1):
+        # each must be quick and must not raise.
+        self.listeners: list[Callable[[], object]] = []
 
     def request(self, signum: int = signal.SIGTERM, _frame: Any = None) -> None:
         """Signal handler. First call: stop and drain. Second call: exit at once."""
@@ -54,6 +59,8 @@ class GracefulStop:
             _last_line("warning", f"{self.role}.forced_exit", signal=signum, note=self.lost)
             os._exit(128 + signum)
         self._signalled = True
+        for listener in self.listeners:
+            listener()
         self.log.info(f"{self.role}.stopping", signal=signum, drain_timeout=self.drain_timeout)
         # Not Event.set() here: the main thread may be inside that Event's lock (in a wait),
         # and this handler runs on the main thread: set it from another thread instead.
@@ -80,6 +87,59 @@ class GracefulStop:
             self._timer.cancel()
 
 
+def _served(settings: Settings) -> str:
+    """What the loop works on, for systemd's STATUS lines."""
+    if settings.queues:
+        return "queue " + ", ".join(settings.queues)
+    names = [*settings.channels, *settings.patterns]
+    return "channel " + ", ".join(names) if names else "nothing"
+
+
+class ServiceNotes:
+    """What systemd hears from a loop process: READY=1 at the first contact with Redis, a
+    STATUS line on each change of the link, STOPPING=1 when the drain begins.
+
+    Ready means Redis answered the loop's start (the consumer's server check and worker-id
+    claim): a unit whose Redis is down stays "activating" and says why, as /readyz does.
+    """
+
+    def __init__(self, notifier: Notifier, role: str, served: str, drain_timeout: float):
+        self.notifier = notifier
+        self.role = role
+        self.served = served
+        self.drain_timeout = drain_timeout
+        self.ready = False
+
+    def starting(self, redis: str) -> None:
+        """Before the first attempt: which Redis the process is waiting for."""
+        self.notifier.status(f"{self.role}: connecting to {redis}")
+
+    def link_changed(self, up: bool) -> None:
+        """A LinkState listener: runs on the loop's thread, only on a change of state."""
+        if up:
+            status = f"{self.role}: {self._working()} {self.served}"
+            if self.ready:
+                self.notifier.status(status)
+            else:
+                self.ready = True
+                self.notifier.ready(status)
+        else:
+            since = utc_clock_time()
+            self.notifier.status(f"{self.role}: Redis unreachable since {since}, retrying")
+
+    def draining(self) -> None:
+        """A GracefulStop listener: runs in the signal handler; one non-blocking send."""
+        self.notifier.stopping(
+            f"{self.role}: draining (up to {self.drain_timeout:g} s), claiming no more"
+        )
+
+    def _working(self) -> str:
+        return "consuming" if self.served.startswith("queue") else "subscribed to"
+
+
+WATCHDOG_TICK = 1.0  # seconds between the stall watchdog's looks, unless systemd needs more
+
+
 def supervise(
     settings: Settings,
     progress: Progress,
@@ -90,10 +150,19 @@ def supervise(
 ) -> int:
     """Run `loop` with the metrics server, the stall watchdog and the signal handlers.
 
-    Stack dumps first: from here on SIGABRT (the outside watchdog) dumps every thread's stack
-    to stderr and leaves no core file.
+    Stack dumps first: from here on SIGABRT (the outside watchdog, or systemd's WatchdogSec)
+    dumps every thread's stack to stderr and leaves no core file. Under systemd the process
+    reports its state (ServiceNotes) and pings WATCHDOG=1 from the stall watchdog's healthy
+    ticks only, so a stuck or frozen loop goes silent.
     """
     enable_stack_dumps()
+    notifier = Notifier.from_environ()  # unset for children: handlers' subprocesses
+    notes = ServiceNotes(notifier, stop.role, _served(settings), settings.drain_timeout)
+    if notifier.enabled:
+        link.listeners.append(notes.link_changed)
+        stop.listeners.append(notes.draining)
+        notes.starting(redact(settings.redis_url))
+    tick = notifier.tick_interval(WATCHDOG_TICK)
     metrics.track_progress(progress)
     if settings.metrics_port:
         from daemon.http import serve_metrics
@@ -105,6 +174,8 @@ def supervise(
         settings.task_timeout,
         log,
         heartbeat_file=settings.heartbeat_file,
+        interval=tick,
+        pulse=(lambda: notifier.watchdog(tick)) if notifier.ping_interval else None,
     )
     watchdog.start()
     signal.signal(signal.SIGTERM, stop.request)
@@ -113,3 +184,4 @@ def supervise(
         return loop()
     finally:
         watchdog.stop()
+        notifier.close()

@@ -6,7 +6,8 @@ is timed by --task-timeout instead. A watchdog thread compares both clocks with 
 the stacks of all threads (bounded, non-blocking writes: a blocked stdout cannot hold the exit
 back) and exits the process with code 70: the task stays claimed, so it is recovered and
 counted as a failed attempt. The same thread writes a heartbeat file with a sequence number
-for outside observers (the supervisord watchdog): a process frozen as a whole stops changing it.
+for outside observers (the supervisord watchdog): a process frozen as a whole stops changing it,
+and calls its `pulse` (systemd's WATCHDOG=1, daemon/sd_notify.py) on the same healthy ticks.
 
 Helper threads run their body under `run_guarded` (or as a `GuardedThread`): a death is
 counted, reported to `Progress.helper_died` (so /healthz fails) and logged as `thread.died`.
@@ -359,6 +360,7 @@ class StallWatchdog(GuardedThread):
         interval: float = 1.0,
         on_stall: Callable[[], None] = _exit_stalled,
         last_words_deadline: float = LAST_WORDS_DEADLINE,
+        pulse: Callable[[], object] | None = None,
     ) -> None:
         super().__init__("watchdog", progress, log)
         self.stall_timeout = stall_timeout
@@ -371,6 +373,9 @@ class StallWatchdog(GuardedThread):
         self.seq = 0  # heartbeat file counter: the outside watchdog judges change, not time
         self._heartbeat_error = ""  # the error being reported, so it is logged once
         self.exit_thread: threading.Thread | None = None  # the armed exit, once fired
+        # Called on every tick that finds the loop progressing (systemd's WATCHDOG=1): proof
+        # of progress, not of a live thread; it must not block.
+        self.pulse = pulse
 
     def stop(self) -> None:
         self.stopped.set()
@@ -385,6 +390,8 @@ class StallWatchdog(GuardedThread):
             if reason:
                 self.fire(reason, snap)
                 return
+            if self.pulse is not None:
+                self.pulse()
             if self.heartbeat_file:
                 self._write_heartbeat(snap)
 
