@@ -99,6 +99,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _delay(text: str) -> float:
+    """argparse type of --delay: a duration (500ms, 30s, 5m, 1h) or plain seconds, >= 0."""
+    from daemon.producer import parse_delay
+
+    try:
+        return parse_delay(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _port(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a TCP port 1-65535, or 0 for none")
@@ -233,6 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting(enqueue, "queues", "queue to push onto")
     for name in PRODUCER_FIELDS:
         _add_setting(enqueue, name, HELPS[name])
+    enqueue.add_argument(
+        "--delay",
+        type=_delay,
+        default=0.0,
+        metavar="DURATION",
+        help="run the tasks this much later: 500ms, 30s, 5m, 1h or plain seconds (they wait in "
+        "the queue's delayed set, due on Redis's clock; default 0 = at once)",
+    )
     enqueue.add_argument("bodies", nargs="+", metavar="BODY", help="task bodies, or - for stdin")
     enqueue.set_defaults(run=cmd_enqueue)
 
@@ -521,7 +539,12 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     where = "line" if list(args.bodies) == ["-"] else "BODY"
     try:
         pushed = enqueue_many(
-            _client(settings), queue, positions, settings.wait_replicas, settings.wait_timeout
+            _client(settings),
+            queue,
+            positions,
+            settings.wait_replicas,
+            settings.wait_timeout,
+            delay=args.delay,
         )
     except PushStopped as stop:
         code, reason = _stopped(stop.cause, settings.redis_url)
@@ -538,7 +561,10 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         return code
-    print(f"enqueued {pushed} task(s) on {queue}")
+    if args.delay > 0:
+        print(f"scheduled {pushed} task(s) on {queue} to run in {args.delay:g} s")
+    else:
+        print(f"enqueued {pushed} task(s) on {queue}")
     return exitcodes.OK
 
 

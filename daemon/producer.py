@@ -9,17 +9,42 @@ nothing). Redis acknowledges a push before any replica has it: a master that die
 the task with it. WAIT narrows that window to "fewer replicas confirmed than asked", which the
 caller is told about (ReplicasNotConfirmed); it does not make the push atomic with replication.
 The client's socket timeout must exceed `wait_timeout`, or the WAIT itself times out.
+
+Delayed tasks (`delay=`) go into the queue's delayed set (``Q:delayed``), the same sorted set
+the consumers' retries use: member = a random token of TOKEN_CHARS hex characters + the body,
+score = the due time on Redis's clock (TIME inside the script, so a producer whose clock is off
+still schedules right). Every consumer's promote step moves due members back to the pending
+list, where they are claimed next. This needs EVALSHA (and SCRIPT LOAD), TIME, ZADD and ZCARD.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import re
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from daemon.keys import QueueKeys, durable_queue
+from daemon.reliable import TOKEN_BYTES
 
 BATCH = 1000
+MAX_DELAY = 365 * 86400.0  # a year: longer is a mistake, and stays far inside a double's precision
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)?")
+DELAY_EXPECTED = "a duration >= 0 such as 500ms, 30s, 5m, 1h or plain seconds, at most a year"
+
+# Schedule tasks on Redis's clock: all members of one call share one due time.
+_ADD_DELAYED = """
+-- KEYS: delayed   ARGV: delay (seconds), member...
+local t = redis.call('TIME')
+local due = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[1])
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], due, ARGV[i])
+end
+return {redis.call('ZCARD', KEYS[1]), tostring(due)}
+"""
 
 
 class ReplicasNotConfirmed(Exception):
@@ -51,6 +76,34 @@ class PushStopped(Exception):
         self.pushed = pushed
         self.cause = cause
         super().__init__(f"stopped after {pushed} pushed: {cause}")
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """Where delayed tasks went: the delayed set's size after the add, the due time (Redis
+    clock, Unix seconds) and the delay asked for."""
+
+    delayed: int
+    due_at: float
+    delay: float
+
+
+def parse_delay(value: object) -> float:
+    """Seconds from a delay: a number, or a duration string ("500ms", "30s", "5m", "1h", "30").
+
+    Raises ValueError naming the value and what was expected (the CLI's exit 78, the web's 400).
+    A bool is refused: JSON `true` is not a duration.
+    """
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _DURATION.fullmatch(value.strip().lower())
+        if match:
+            seconds = float(match.group(1)) * DURATION_UNITS[match.group(2) or "s"]
+    if seconds is None or not 0 <= seconds <= MAX_DELAY:  # also refuses nan and inf
+        raise ValueError(f"delay {value!r}: expected {DELAY_EXPECTED}")
+    return seconds
 
 
 def _as_bytes(body: bytes | str) -> bytes:
@@ -91,18 +144,74 @@ def _push_and_wait(
     return int(depth)
 
 
+def _schedule_and_wait(
+    client: Any,
+    queue: str,
+    batch: list[bytes],
+    delay: float,
+    wait_replicas: int,
+    wait_timeout: float,
+) -> Scheduled:
+    """Add `batch` to the delayed set, due `delay` seconds from now on Redis's clock; WAIT after.
+
+    Each member gets its own random token: identical bodies stay separate tasks.
+    """
+    members = [os.urandom(TOKEN_BYTES).hex().encode("ascii") + body for body in batch]
+    script = client.register_script(_ADD_DELAYED)
+    keys, args = [QueueKeys(queue).delayed], [repr(delay), *members]
+    if not wait_replicas:
+        size, due = script(keys=keys, args=args)
+        return Scheduled(int(size), float(due), delay)
+    pipe = client.pipeline(transaction=False)
+    script(keys=keys, args=args, client=pipe)
+    pipe.wait(wait_replicas, wait_ms(wait_timeout))
+    (size, due), confirmed = pipe.execute()
+    if int(confirmed) < wait_replicas:
+        raise ReplicasNotConfirmed(int(confirmed), wait_replicas, wait_timeout, len(batch))
+    return Scheduled(int(size), float(due), delay)
+
+
+def enqueue_delayed(
+    client: Any,
+    queue: str,
+    body: bytes | str,
+    delay: float | str,
+    wait_replicas: int = 0,
+    wait_timeout: float = 1.0,
+) -> Scheduled:
+    """Schedule one task to be pushed onto `queue` once `delay` (seconds or "30s") has passed.
+
+    Raises ValueError for a bad delay, before anything is sent. A delay of 0 still goes
+    through the delayed set (due at once); `enqueue` pushes directly instead.
+    """
+    seconds = parse_delay(delay)
+    return _schedule_and_wait(
+        client, queue, [_as_bytes(body)], seconds, wait_replicas, wait_timeout
+    )
+
+
 def enqueue(
     client: Any,
     queue: str,
     body: bytes | str,
     wait_replicas: int = 0,
     wait_timeout: float = 1.0,
+    delay: float | str | None = None,
 ) -> int:
     """Push one task; returns the queue depth after the push.
 
+    With `delay` (seconds, or a duration string "500ms", "30s", "5m", "1h"), the task waits in
+    the delayed set until then and the size of that set is returned; a bad delay raises
+    ValueError. A delay of 0 (or None) pushes at once.
     With `wait_replicas` > 0, raises ReplicasNotConfirmed when fewer replicas confirm the push
     within `wait_timeout` seconds (the task is on the master all the same).
     """
+    seconds = 0.0 if delay is None else parse_delay(delay)
+    if seconds > 0:
+        batch = [_as_bytes(body)]
+        return _schedule_and_wait(
+            client, queue, batch, seconds, wait_replicas, wait_timeout
+        ).delayed
     key = QueueKeys(queue).pending
     return _push_and_wait(client, key, [_as_bytes(body)], wait_replicas, wait_timeout)
 
@@ -113,19 +222,27 @@ def enqueue_many(
     bodies: Iterable[bytes | str],
     wait_replicas: int = 0,
     wait_timeout: float = 1.0,
+    delay: float | str | None = None,
 ) -> int:
     """Push tasks in order (the first given is consumed first), in pipelined batches.
 
     Returns how many were pushed. Each batch is one LPUSH: all of it is stored or none (on a
     timeout, unknown). Anything that stops it mid-way raises PushStopped saying how many were
     pushed before; with `wait_replicas`, an unconfirmed batch stops it too (counted as pushed).
+    With `delay` > 0 each batch goes into the delayed set instead (one script call), due
+    `delay` after that batch was stored; tasks due together run in no guaranteed order.
+    A bad delay raises ValueError before anything is sent.
     """
+    seconds = 0.0 if delay is None else parse_delay(delay)
     pushed = 0
     key = QueueKeys(queue).pending
     try:
         for batch in _batches(bodies, BATCH):
             try:
-                _push_and_wait(client, key, batch, wait_replicas, wait_timeout)
+                if seconds > 0:
+                    _schedule_and_wait(client, queue, batch, seconds, wait_replicas, wait_timeout)
+                else:
+                    _push_and_wait(client, key, batch, wait_replicas, wait_timeout)
             except ReplicasNotConfirmed as exc:
                 pushed += exc.pushed
                 raise

@@ -4,6 +4,10 @@ Every request answers within the Redis deadline: an unreachable Redis is a 503 J
 never a hanging request or an HTML traceback. Pushes are never retried silently (a resent
 LPUSH could store a task twice); the caller sees the 503 and decides.
 
+Two ways to serve it: `taskd web` (gunicorn in-process, `serve`), or the user's own WSGI
+server with the factory `gunicorn 'daemon.web:app_from_env()'` (or `daemon.web:application`),
+which reads the same TASKD_* environment and fails at app creation with one line.
+
 The routes that change state (/prodcons, /pubsub, /api/*) only answer requests that name this
 server in `Host` (a DNS-rebound name does not) and that no browser sent from another origin
 (`Origin`, `Sec-Fetch-Site`); POST /api/tasks also needs `Content-Type: application/json`,
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hmac
 import ipaddress
 import json
@@ -23,7 +28,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -33,6 +38,7 @@ import structlog
 from flask import Flask, Response, redirect, request
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
+from gunicorn.errors import AppImportError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from werkzeug.exceptions import HTTPException
@@ -42,7 +48,13 @@ from daemon import exitcodes, metrics
 from daemon.config import ConfigError, Settings
 from daemon.connection import is_transient, make_client
 from daemon.liveness import enable_stack_dumps
-from daemon.producer import ReplicasNotConfirmed, enqueue, publish
+from daemon.producer import (
+    ReplicasNotConfirmed,
+    enqueue,
+    enqueue_delayed,
+    parse_delay,
+    publish,
+)
 from daemon.status import queue_statuses
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -240,8 +252,20 @@ class RedisHealth:
         return time.monotonic() - self.told_at > CONNECTED_FRESH_FOR
 
 
-def parse_task(raw: bytes, queues: tuple[str, ...]) -> tuple[str, str]:
-    """(queue, body) from a POST /api/tasks body; raises BadTask with the reason."""
+@dataclass(frozen=True)
+class TaskRequest:
+    """One valid POST /api/tasks document."""
+
+    queue: str
+    body: str
+    delay: float = 0.0  # seconds; 0 = push at once
+
+
+def parse_task(raw: bytes, queues: tuple[str, ...]) -> TaskRequest:
+    """The task of a POST /api/tasks body; raises BadTask with the reason.
+
+    `delay` is optional: seconds (a JSON number) or a duration string ("30s", "5m").
+    """
     try:
         doc = json.loads(raw)
     except ValueError as exc:  # includes UnicodeDecodeError
@@ -261,7 +285,12 @@ def parse_task(raw: bytes, queues: tuple[str, ...]) -> tuple[str, str]:
     if fields["queue"] not in queues:
         # The API is open (no token yet): it must not become a way to write arbitrary keys.
         raise BadTask(f"unknown queue {fields['queue']!r}; this server serves {list(queues)}")
-    return fields["queue"], fields["body"]
+    delay = doc.get("delay")
+    try:
+        seconds = 0.0 if delay is None else parse_delay(delay)
+    except ValueError as exc:
+        raise BadTask(f"field 'delay': {exc}") from None
+    return TaskRequest(fields["queue"], fields["body"], seconds)
 
 
 def _json(status: int, doc: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -270,10 +299,33 @@ def _json(status: int, doc: dict[str, Any], headers: dict[str, str] | None = Non
     )
 
 
-def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
+@functools.lru_cache(maxsize=64)
+def _listener_hosts(name: str, port: str, allowed: tuple[str, ...]) -> ServedHosts:
+    """The served names of a listener at name:port (cached: one per listening socket)."""
+    return ServedHosts.of(f"{name}:{port}", allowed)
+
+
+def listener_refusal(environ: Mapping[str, Any], host_header: str, allowed: tuple[str, ...]) -> str:
+    """Like ServedHosts.refusal, for the address the WSGI server says the request came in on.
+
+    gunicorn puts the listening socket's address in SERVER_NAME/SERVER_PORT (an IP literal);
+    anything else (a unix socket, where gunicorn copies the Host header there) is no evidence
+    and gives a refusal, so only --bind and --allowed-host decide.
+    """
+    name, port = str(environ.get("SERVER_NAME", "")), str(environ.get("SERVER_PORT", ""))
+    if not _is_ip_literal(name) or not port.isdigit():
+        return "the WSGI server gave no listening address"
+    return _listener_hosts(name, port, allowed).refusal(host_header)
+
+
+def create_app(
+    settings: Settings, client: redis.Redis | None = None, *, trust_listener: bool = False
+) -> Flask:
     """The Flask app; `client` is injectable for tests (default: a client with web deadlines).
 
-    Raises ConfigError when the settings leave a route without a target.
+    With `trust_listener` (the app served by a WSGI server taskd did not start), a Host that
+    names the address the request arrived on is served too: the server's `-b` is not
+    TASKD_WEB_BIND. Raises ConfigError when the settings leave a route without a target.
     """
     if not settings.channels:
         raise ConfigError("--channel: expected at least one channel for /pubsub (TASKD_CHANNELS)")
@@ -300,7 +352,12 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
         if request.path not in GUARDED_ROUTES and not request.path.startswith(GUARDED_PREFIX):
             return None
         host = request.headers.get("Host", "")
-        reason = hosts.refusal(host) or origin_refusal(
+        reason = hosts.refusal(host)
+        if reason and trust_listener:
+            with contextlib.suppress(Exception):  # a strange environ: keep the refusal
+                if not listener_refusal(request.environ, host, settings.web_allowed_hosts):
+                    reason = ""
+        reason = reason or origin_refusal(
             request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"), host
         )
         if not reason:
@@ -364,13 +421,31 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
                 {"error": f"expected Content-Type: application/json, got {given or 'none'!r}"},
             )
         try:
-            target, body = parse_task(request.get_data(cache=False), settings.queues)
+            task = parse_task(request.get_data(cache=False), settings.queues)
         except BadTask as exc:
             return _json(400, {"error": str(exc)})
+        if task.delay > 0:
+            return _schedule(task)
         with metrics.WEB_ENQUEUE_SECONDS.time():
-            depth = health.observe(lambda: enqueue(redis_client, target, body, *waits))
-        _log.info("web.enqueue", queue=target, size=len(body), depth=depth)
-        return _json(202, {"queue": target, "depth": depth})
+            depth = health.observe(lambda: enqueue(redis_client, task.queue, task.body, *waits))
+        _log.info("web.enqueue", queue=task.queue, size=len(task.body), depth=depth)
+        return _json(202, {"queue": task.queue, "depth": depth})
+
+    def _schedule(task: TaskRequest) -> Response:
+        """A delayed POST /api/tasks: into the queue's delayed set, due on Redis's clock."""
+        with metrics.WEB_ENQUEUE_SECONDS.time():
+            done = health.observe(
+                lambda: enqueue_delayed(redis_client, task.queue, task.body, task.delay, *waits)
+            )
+        _log.info(
+            "web.enqueue_delayed",
+            queue=task.queue,
+            size=len(task.body),
+            delay=task.delay,
+            delayed=done.delayed,
+        )
+        doc = {"queue": task.queue, "delay": task.delay, "due_at": done.due_at}
+        return _json(202, {**doc, "delayed": done.delayed})
 
     @app.get("/api/queues")
     def queues() -> Response:
@@ -520,3 +595,51 @@ def serve(settings: Settings) -> int:
     if os.getpid() == arbiter_pid:  # gunicorn's workers unwind through here too: stay quiet
         (_log.info if status == exitcodes.OK else _log.error)("web.stopped", exit_code=status)
     return status
+
+
+class WsgiConfigError(ConfigError, AppImportError, RuntimeError):
+    """A bad TASKD_* setting met by the WSGI factory: one line, whoever runs the app.
+
+    gunicorn prints an AppImportError raised while a worker loads the app as its bare message
+    and stops the whole server (exit 4, "App failed to load") instead of booting workers in a
+    loop; with --preload it prints a RuntimeError as "Error: <message>" and exits 1.
+    """
+
+
+def app_from_env(env: Mapping[str, str] | None = None, configure_logging: bool = True) -> Flask:
+    """The app configured from TASKD_* alone: `gunicorn 'daemon.web:app_from_env()'`.
+
+    Settings come from daemon.config.load with no flags, exactly as `taskd web` without flags
+    reads them; the bind is the WSGI server's own (-b), and a Host naming that address is
+    served. Raises WsgiConfigError with one line for any bad value, before any request.
+    With `configure_logging`, taskd's log lines are JSON on stdout (TASKD_LOG_LEVEL/FORMAT).
+    """
+    from daemon.cli import check_ranges
+    from daemon.config import load
+
+    try:
+        settings = check_ranges(load({}, env=env))
+        if configure_logging:
+            from daemon.logs import configure_logging as setup_logs
+
+            setup_logs(settings.log_level, settings.log_format)
+        enable_stack_dumps()
+        return create_app(settings, trust_listener=True)
+    except ConfigError as exc:
+        raise WsgiConfigError(f"taskd web (WSGI app daemon.web): error: {exc}") from None
+
+
+_application: Flask | None = None
+_application_lock = threading.Lock()
+
+
+def __getattr__(name: str) -> Any:
+    """`daemon.web:application`, built from the environment on first use (not at import:
+    importing daemon.web must not read TASKD_* or need a valid configuration)."""
+    global _application
+    if name != "application":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    with _application_lock:
+        if _application is None:
+            _application = app_from_env()
+        return _application
