@@ -4,25 +4,31 @@
 # took, how many are still queued, and whether any went missing.
 #
 #   scripts/load.sh [--long] [--redis-url URL] [--queue Q] [--consumer-metrics URL]...
-#                   [--settle S] [BASE_URL]
+#                   [--supervisord-conf FILE] [--settle S] [BASE_URL]
 #
-# BASE_URL: the `taskd web` address (default http://127.0.0.1:8000). --long: siege -t 30S
-# instead of -r 5. --redis-url: as for `taskd status` (default $TASKD_REDIS_URL). Repeat
-# --consumer-metrics with the /metrics URL of each `taskd consume --metrics-port P`; without
-# it the consumed count is not measured. --settle: seconds to wait for consumers (default 30).
-# Exit: 0 nothing lost, 1 lost tasks or disagreeing counts, 2 bad usage, 69 stack unavailable.
+# By default it checks the stack it was started against: the supervisord running
+# conf/supervisord.conf of this checkout (`make run`; --supervisord-conf for another file) gives
+# the web address, the Redis URL and the /metrics port of every RUNNING consumer. Options
+# override: BASE_URL, the `taskd web` address; --redis-url (or $TASKD_REDIS_URL), as for
+# `taskd status`; --consumer-metrics, repeated, the /metrics URL of each consumer. Without a
+# running stack: web http://127.0.0.1:8000 and the consumed count is not measured. --long:
+# siege -t 30S instead of -r 5. --settle: seconds to wait for consumers (default 30).
+# Exit: 0 nothing lost, 1 lost tasks or disagreeing counts, 2 bad usage, 69 stack or siege
+# unavailable (or siege's summary unreadable). Errors are one line on stderr.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BASE=http://127.0.0.1:8000
+BASE=
 QUEUE=task:prodcons:queue
 LONG=0
 SETTLE=30 # seconds to wait for the consumers to catch up after the load
 USERS=10  # siege -c, as in the seed
 REDIS_ARGS=()
 CONSUMER_METRICS=()
+STACK_METRICS=()
+STACK_CONF=$ROOT/conf/supervisord.conf
 
-usage() { sed -n '2,13s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,17s/^# \{0,1\}//p' "$0"; }
 die() { echo "load.sh: $1" >&2; exit "${2:-69}"; }
 
 while [ $# -gt 0 ]; do
@@ -32,6 +38,7 @@ while [ $# -gt 0 ]; do
     --queue) QUEUE=${2:?--queue needs a name}; shift ;;
     --consumer-metrics) CONSUMER_METRICS+=("${2:?--consumer-metrics needs a URL}"); shift ;;
     --settle) SETTLE=${2:?--settle needs seconds}; shift ;;
+    --supervisord-conf) STACK_CONF=${2:?--supervisord-conf needs a file}; shift ;;
     -h | --help) usage; exit 0 ;;
     -*) usage >&2; die "unknown option $1" 2 ;;
     *) BASE=${1%/} ;;
@@ -43,6 +50,45 @@ PY="$ROOT/.venv/bin/python"
 [ -x "$PY" ] || PY=$(command -v python3) || die "python3 is needed to read JSON"
 if [ -x "$ROOT/.venv/bin/taskd" ]; then TASKD=("$ROOT/.venv/bin/taskd"); else TASKD=("$PY" -m daemon); fi
 
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+# siege's own HOME: on its first run siege writes ~/.siege/siege.conf and says so on stdout,
+# which is where its JSON summary goes; a HOME of its own leaves the user's ~/.siege alone.
+mkdir -p "$WORK/home"
+
+# The stack this checkout's supervisord runs: "web URL", "redis URL", "consumer URL" lines.
+# Its consumers are only counted when the web and Redis given (if any) are that stack's too.
+STACK_NOTE=
+STACK_WEB=
+STACK_REDIS=
+if stack=$("$PY" "$ROOT/scripts/load_helpers.py" stack "$STACK_CONF" 2>"$WORK/stack.err"); then
+  while read -r kind value; do
+    case "$kind" in
+      web) STACK_WEB=$value ;;
+      redis) STACK_REDIS=$value ;;
+      consumer) STACK_METRICS+=("$value") ;;
+    esac
+  done <<<"$stack"
+  given_redis=${REDIS_ARGS[1]:-${TASKD_REDIS_URL:-}}
+  if [ -n "$BASE" ] && [ "$BASE" != "$STACK_WEB" ]; then
+    STACK_NOTE="$BASE is not the web of $STACK_CONF ($STACK_WEB)"
+    STACK_METRICS=()
+  elif [ -n "$given_redis" ] && [ "$given_redis" != "$STACK_REDIS" ]; then
+    STACK_NOTE="the Redis given is not the one of $STACK_CONF"
+    STACK_METRICS=()
+  else
+    BASE=${BASE:-$STACK_WEB}
+    [ -n "$given_redis" ] || [ -z "$STACK_REDIS" ] || REDIS_ARGS=(--redis-url "$STACK_REDIS")
+  fi
+else
+  STACK_NOTE=$(head -n 1 "$WORK/stack.err")
+fi
+if [ ${#CONSUMER_METRICS[@]} -eq 0 ] && [ ${#STACK_METRICS[@]} -gt 0 ]; then
+  CONSUMER_METRICS=("${STACK_METRICS[@]}")
+  echo "load.sh: checking the consumers of $STACK_CONF: ${CONSUMER_METRICS[*]}" >&2
+fi
+BASE=${BASE:-http://127.0.0.1:8000}
+
 if ! command -v siege >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "load.sh: siege is missing; installing it with apt-get" >&2
@@ -53,8 +99,6 @@ if ! command -v siege >/dev/null; then
   fi
 fi
 
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
 # Our own siegerc: no log file under /var/log, no HTML parsing, summary as JSON on stdout.
 cat >"$WORK/siegerc" <<'RC'
 verbose = false
@@ -65,7 +109,8 @@ connection = close
 protocol = HTTP/1.1
 RC
 
-curl -fsS --max-time 5 -o /dev/null "$BASE/healthz" || die "no taskd web answers at $BASE/healthz"
+curl -fsS --max-time 5 -o /dev/null "$BASE/healthz" ||
+  die "no taskd web answers at $BASE/healthz${STACK_NOTE:+ ($STACK_NOTE)}"
 
 # "pending processing delayed dead" of $QUEUE, from `taskd status --json`.
 queue_state() {
@@ -95,14 +140,13 @@ run_siege() {
   if [ "$LONG" = 1 ]; then args=(-c"$USERS" -t 30S); else args=(-c"$USERS" -r 5); fi
   budget=120
   echo "siege ${args[*]} $url" >&2
-  if ! timeout "$budget" siege -R "$WORK/siegerc" --no-follow --no-parser -j "${args[@]}" "$url" \
+  if ! HOME="$WORK/home" timeout "$budget" siege -R "$WORK/siegerc" --no-follow --no-parser -j "${args[@]}" "$url" \
     >"$out" 2>"$WORK/siege.err"; then
     cat "$WORK/siege.err" >&2
     die "siege failed or ran past ${budget} s on $url"
   fi
-  "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1]))
-print(d["successful_transactions"], d["failed_transactions"])' "$out" ||
-    die "could not read siege's summary: $(head -c 300 "$out")"
+  "$PY" "$ROOT/scripts/load_helpers.py" summary "$out" 2>"$WORK/summary.err" ||
+    die "could not read siege's summary on $url: $(head -n 1 "$WORK/summary.err")"
 }
 
 state=$(queue_state)
@@ -150,7 +194,7 @@ fi
 if [ ${#CONSUMER_METRICS[@]} -eq 0 ]; then
   taken=$((queued0 + pushed - queued))
   echo "queue $QUEUE: queued before $queued0, after $queued; pushed $pushed, taken off $taken (dead-lettered $dead_new)"
-  echo "consumed: not measured (pass --consumer-metrics URL of each consumer to check for loss)"
+  echo "consumed: not measured (${STACK_NOTE:-no RUNNING consumer in $STACK_CONF}; pass --consumer-metrics URL of each consumer to check for loss)"
   exit "$status"
 fi
 count_consumed() {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set-up for `make run` / `make test` on a fresh Debian/Ubuntu machine: the virtualenv with
-# taskd and its test tools, and the system binaries the tests start (redis-server).
+# taskd and its test tools, and the system binaries the tests start (redis-server, siege...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -12,6 +12,7 @@ command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)   # promtool: alert rule tests
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)             # the runbook's commands
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)       # TLS test certificates
+command -v siege >/dev/null 2>&1 || need_apt+=(siege)           # scripts/load.sh and its test
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${need_apt[*]} with apt-get"
