@@ -12,6 +12,7 @@ command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)   # promtool: alert rule tests
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)             # the runbook's commands
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)       # TLS test certificates
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)  # verify conf/systemd units
 command -v siege >/dev/null 2>&1 || need_apt+=(siege)           # scripts/load.sh and its test
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
