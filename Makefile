@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 3
 
-.PHONY: setup run dev stop status test lint typecheck bench soak clean
+.PHONY: setup run dev stop status test lint typecheck bench bench-quick bench-loops soak clean
 
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	@scripts/setup.sh
@@ -36,8 +36,16 @@ test: setup lint typecheck
 soak: setup
 	$(BIN)/python scripts/soak.py $(SOAK_ARGS)
 
+# bench: taskd against the seed's loop, Celery, Dramatiq and RQ (the bench extra), several minutes
 bench: setup
-	$(BIN)/python scripts/bench.py --tasks 20000 --repeat 5 --more --pin 1
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[bench]'
+	$(BIN)/python scripts/bench.py
+
+bench-quick: setup
+	$(BIN)/python scripts/bench.py --quick
+
+bench-loops: setup
+	$(BIN)/python scripts/bench.py --loops --tasks 20000 --repeat 5 --more --pin 1
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

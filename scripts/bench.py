@@ -506,7 +506,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def loops_main(argv: list[str] | None = None) -> int:
+    """The in-process loops (``--loops``): naive, minimal, reliable, pipelined, taskd."""
     args = parse_args(argv)
     if args.cpus:  # before redis-server starts: the child inherits the affinity
         try:
@@ -540,6 +541,603 @@ def main(argv: list[str] | None = None) -> int:
         print_table(result)
     return 0
 
+
+# == the peers bench (the default): one process per system, each driven by its own client ======
+SCRIPTS = Path(__file__).resolve().parent
+PEER_QUEUE = "bench"
+PEER_LATENCY_RATE = 200.0  # tasks/s of the latency runs (the issue's goal is at 200/s)
+
+
+@dataclass(frozen=True)
+class System:
+    """One worker set-up: how to start it, enqueue to it, and how many tasks it runs at once."""
+
+    name: str
+    label: str
+    kind: str  # seed, taskd, celery, dramatiq, rq
+    argv: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    parallel: int = 1  # tasks in flight at once: sizes the sleep runs
+    needs_flags: tuple[str, ...] = ()  # taskd flags this set-up needs ("not built yet" if absent)
+    slow: bool = False  # a peer known to run a few hundred tasks/s: a fifth of the tasks
+    in_quick: bool = True  # --quick runs it (one set-up per peer keeps CI under a minute)
+
+
+TASKD_HANDLER = "bench_peers.taskd_handlers:task"
+TASKD_ASYNC_HANDLER = "bench_peers.taskd_handlers:atask"
+
+SYSTEMS: tuple[System, ...] = (
+    System("seed", "seed loop: BLPOP, handler (not reliable)", "seed"),
+    System("taskd", "taskd at its defaults (task.done at info)", "taskd"),
+    System("taskd-warning", "taskd --log-level warning", "taskd", ("--log-level", "warning")),
+    System(
+        "taskd-prefetch", "taskd --prefetch 100", "taskd", ("--prefetch", "100"),
+        needs_flags=("--prefetch",),
+    ),
+    System(
+        "taskd-c10", "taskd --concurrency 10 (threads)", "taskd", ("--concurrency", "10"),
+        parallel=10, needs_flags=("--concurrency",),
+    ),
+    System(
+        "taskd-async100", "taskd async def handler, --concurrency 100", "taskd",
+        ("--concurrency", "100", "--handler", TASKD_ASYNC_HANDLER),
+        parallel=100, needs_flags=("--concurrency",),
+    ),
+    System("celery-solo", "Celery -P solo", "celery", ("-P", "solo", "-c", "1")),
+    System(
+        "celery-t10", "Celery -P threads -c 10", "celery", ("-P", "threads", "-c", "10"),
+        parallel=10, in_quick=False,
+    ),
+    System("dramatiq", "Dramatiq -p 1 (defaults: 8 threads, prefetch 16)", "dramatiq", parallel=8),
+    System(
+        "dramatiq-pf100", "Dramatiq -p 1 -t 1, prefetch 100", "dramatiq", ("-t", "1"),
+        env=(("dramatiq_queue_prefetch", "100"),), in_quick=False,
+    ),
+    System(
+        "dramatiq-t10", "Dramatiq -p 1 -t 10", "dramatiq", ("-t", "10"), parallel=10,
+        in_quick=False,
+    ),
+    System("rq", "RQ SimpleWorker", "rq", slow=True),
+)
+PEER_MODULES = {"celery": "celery", "dramatiq": "dramatiq", "rq": "rq"}
+LATENCY_SYSTEMS = ("seed", "taskd")
+HANDLERS = {"noop": 0.0, "sleep10ms": 0.010}
+
+
+@dataclass
+class Drain:
+    """One timed drain: tasks/s from the worker's own clock, and the worker's memory."""
+
+    rate: float
+    peak_rss_mib: float
+
+
+def taskd_flags() -> set[str]:
+    """The long options `taskd consume --help` lists: which optional set-ups are built."""
+    out = subprocess.run(
+        [sys.executable, "-m", "daemon", "consume", "--help"],
+        capture_output=True, text=True, cwd=str(_ROOT), timeout=60, check=False,
+    )  # fmt: skip
+    return {word.rstrip(",=") for word in out.stdout.split() if word.startswith("--")}
+
+
+def unavailable(system: System, flags: set[str]) -> str | None:
+    """Why this set-up cannot run here ("not built yet", "not installed"), or None."""
+    missing = [f for f in system.needs_flags if f not in flags]
+    if missing:
+        return f"not built yet (taskd has no {', '.join(missing)})"
+    module = PEER_MODULES.get(system.kind)
+    if module is not None:
+        import importlib.util
+
+        if importlib.util.find_spec(module) is None:
+            return "not installed (pip install -e '.[bench]')"
+    return None
+
+
+def worker_argv(system: System, url: str, worker: str) -> list[str]:
+    """The command line that starts this system's worker against `url`."""
+    py = sys.executable
+    if system.kind == "seed":
+        return [py, "-m", "bench_peers.seed", url, PEER_QUEUE]
+    if system.kind == "taskd":
+        extra = list(system.argv)
+        handler = TASKD_HANDLER
+        if "--handler" in extra:
+            at = extra.index("--handler")
+            handler = extra[at + 1]
+            del extra[at : at + 2]
+        return [
+            py, "-m", "daemon", "consume", "--redis-url", url, "--queue", PEER_QUEUE,
+            "--handler", handler, "--worker-id", worker, "--log-format", "json", *extra,
+        ]  # fmt: skip
+    if system.kind == "celery":
+        return [
+            py, "-m", "celery", "-A", "bench_peers.celery_app", "worker", "-Q", PEER_QUEUE,
+            "-l", "warning", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            *system.argv,
+        ]  # fmt: skip
+    if system.kind == "dramatiq":
+        return [
+            py, "-m", "dramatiq", "bench_peers.dramatiq_app", "-p", "1", "-Q", PEER_QUEUE,
+            *system.argv,
+        ]  # fmt: skip
+    if system.kind == "rq":
+        return [
+            py, "-m", "rq.cli", "worker", "-w", "rq.worker.SimpleWorker", "-u", url, "-q",
+            PEER_QUEUE,
+        ]  # fmt: skip
+    raise ValueError(system.kind)
+
+
+class Producer:
+    """Enqueues the bench task through each system's own client API."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client = redis.Redis.from_url(url)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def enqueue(self, kind: str, count: int, sent_at: float | None = None) -> None:
+        """`count` tasks for a `kind` worker (with `sent_at`: one task carrying that time)."""
+        getattr(self, f"_{kind}")(count, sent_at)
+
+    def _bodies(self, count: int, sent_at: float | None) -> list[bytes]:
+        suffix = b"" if sent_at is None else b"|%r" % sent_at
+        return [b"%d%s" % (i, suffix) for i in range(count)]
+
+    def _seed(self, count: int, sent_at: float | None) -> None:
+        bodies = self._bodies(count, sent_at)
+        for start in range(0, count, PRELOAD_CHUNK):
+            self.client.rpush(PEER_QUEUE, *bodies[start : start + PRELOAD_CHUNK])
+
+    def _taskd(self, count: int, sent_at: float | None) -> None:
+        from daemon import producer
+
+        producer.enqueue_many(self.client, PEER_QUEUE, self._bodies(count, sent_at))
+
+    def _celery(self, count: int, sent_at: float | None) -> None:
+        from bench_peers.celery_app import task
+
+        for _ in range(count):
+            task.apply_async(args=(sent_at,))
+
+    def _dramatiq(self, count: int, sent_at: float | None) -> None:
+        from bench_peers.dramatiq_app import task
+
+        for _ in range(count):
+            task.send(sent_at)
+
+    def _rq(self, count: int, sent_at: float | None) -> None:
+        from bench_peers.rq_jobs import task
+        from rq import Queue
+
+        queue = Queue(PEER_QUEUE, connection=self.client)
+        for start in range(0, count, PRELOAD_CHUNK):
+            size = min(PRELOAD_CHUNK, count - start)
+            queue.enqueue_many([Queue.prepare_data(task, args=(sent_at,)) for _ in range(size)])
+
+
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and its descendants (Linux /proc children lists)."""
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        with contextlib.suppress(OSError):
+            for task_dir in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task_dir / "children").read_text().split()]
+    return pids
+
+
+def tree_mib(pid: int, field_name: str) -> float:
+    """The sum of /proc/<pid>/status `field_name` (VmRSS, VmHWM) over the process tree, MiB."""
+    total = 0
+    for p in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith(field_name + ":"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+def commands_total(client: redis.Redis) -> int:
+    """Calls of every command so far (INFO commandstats), less the bench's own INFO/CLIENT."""
+    stats: Any = client.info("commandstats")
+    return sum(
+        v["calls"] for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_client|list")
+    )
+
+
+class Worker:
+    """A system's worker process: started, watched, stopped (TERM, then KILL)."""
+
+    def __init__(self, system: System, url: str, workdir: Path, target: int, sleep: float) -> None:
+        env = {
+            **os.environ,
+            **dict(system.env),
+            "BENCH_REDIS_URL": url,
+            "BENCH_TARGET": str(target),
+            "BENCH_SLEEP": repr(sleep),
+            "PYTHONPATH": os.pathsep.join([str(SCRIPTS), str(_ROOT)]),
+        }
+        self.log_path = workdir / f"{system.name}.log"
+        self.log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            worker_argv(system, url, f"bench-{system.name}"),
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=str(workdir),
+            start_new_session=True,
+        )  # fmt: skip
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-1500:]
+            raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        """TERM the worker's process group, KILL it after 10 s."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.log.close()
+
+
+def wait_result(client: redis.Redis, worker: Worker, timeout: float) -> dict[str, Any]:
+    """The worker's report (BLPOP with a 0.5 s block, the worker checked alive in between)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        item = client.blpop([bench_peers_result_key()], 0.5)
+        if item is not None:
+            return dict(json.loads(item[1]))
+        worker.check_alive()
+    raise RuntimeError(f"no report within {timeout:g} s (log: {worker.log_path})")
+
+
+def bench_peers_result_key() -> str:
+    from bench_peers import RESULT_KEY
+
+    return RESULT_KEY
+
+
+def wait_ready(client: redis.Redis, worker: Worker, timeout: float) -> None:
+    """Until the worker waits for work: one of its clients blocked (BLPOP, BLMOVE, BRPOP), or,
+    for a polling worker (Dramatiq), 1.5 s after its first connection; at most `timeout`."""
+    deadline = time.monotonic() + timeout
+    own = client.client_id()
+    connected_at = None
+    while time.monotonic() < deadline:
+        worker.check_alive()
+        others = [c for c in client.client_list() if int(c["id"]) != own]
+        if any("b" in c.get("flags", "") for c in others):
+            return
+        if others and connected_at is None:
+            connected_at = time.monotonic()
+        if connected_at is not None and time.monotonic() - connected_at > 1.5:
+            return
+        time.sleep(0.05)
+
+
+def tasks_for(system: System, sleep: float, args: argparse.Namespace) -> int:
+    """Tasks per drain: --tasks for a no-op (a fifth for slow peers); ~--sleep-seconds of work."""
+    if sleep:
+        return max(20, int(args.sleep_seconds * system.parallel / sleep))
+    return max(20, args.tasks // 5) if system.slow else args.tasks
+
+
+def drain(
+    system: System, url: str, workdir: Path, sleep: float, args: argparse.Namespace
+) -> Drain:
+    """Pre-enqueue, start the worker, wait for its report; tasks/s by the worker's own clock."""
+    client = redis.Redis.from_url(url, socket_timeout=10)
+    producer = Producer(url)
+    n = tasks_for(system, sleep, args)
+    try:
+        client.flushall()
+        producer.enqueue(system.kind, n)
+        worker = Worker(system, url, workdir, n, sleep)
+        try:
+            doc = wait_result(client, worker, timeout=60 + n * max(sleep, 0.005) * 2)
+            peak = tree_mib(worker.proc.pid, "VmHWM")
+        finally:
+            worker.stop()
+        span = doc["last"] - doc["first"]
+        return Drain(rate=(n - 1) / span if span > 0 else float("inf"), peak_rss_mib=peak)
+    finally:
+        producer.close()
+        client.close()
+
+
+def idle(system: System, url: str, workdir: Path, args: argparse.Namespace) -> dict[str, float]:
+    """An idle worker: its RSS, and the Redis commands/s it sends over --idle-seconds."""
+    client = redis.Redis.from_url(url, socket_timeout=10)
+    try:
+        client.flushall()
+        worker = Worker(system, url, workdir, 10**9, 0.0)
+        try:
+            wait_ready(client, worker, 15)
+            time.sleep(1.0)  # start-up traffic (recovery, registration) settles
+            before, t0 = commands_total(client), time.monotonic()
+            time.sleep(args.idle_seconds)
+            after, t1 = commands_total(client), time.monotonic()
+            worker.check_alive()
+            rss = tree_mib(worker.proc.pid, "VmRSS")
+        finally:
+            worker.stop()
+        return {"idle_rss_mib": rss, "idle_commands_per_s": (after - before) / (t1 - t0)}
+    finally:
+        client.close()
+
+
+def latency(system: System, url: str, workdir: Path, args: argparse.Namespace) -> dict[str, float]:
+    """p50/p99 end-to-end latency (push to the handler's end) at 200 tasks/s, one at a time."""
+    client = redis.Redis.from_url(url, socket_timeout=10)
+    producer = Producer(url)
+    n = max(20, int(PEER_LATENCY_RATE * args.latency_seconds))
+    try:
+        client.flushall()
+        worker = Worker(system, url, workdir, n, 0.0)
+        try:
+            wait_ready(client, worker, 15)
+            time.sleep(0.5)
+            start = time.monotonic()
+            for i in range(n):
+                pause = start + i / PEER_LATENCY_RATE - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                producer.enqueue(system.kind, 1, sent_at=time.time())
+            doc = wait_result(client, worker, timeout=60)
+        finally:
+            worker.stop()
+        return {"p50_ms": doc["p50"] * 1000, "p99_ms": doc["p99"] * 1000}
+    finally:
+        producer.close()
+        client.close()
+
+
+def peers_measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    """Every system, every handler, --repeat times (interleaved), plus idle and latency runs."""
+    sys.path.insert(0, str(SCRIPTS))
+    flags = taskd_flags()
+    systems = [
+        s
+        for s in SYSTEMS
+        if (not args.only or s.name in args.only) and (s.in_quick or not args.quick)
+    ]
+    skipped = {s.name: why for s in systems if (why := unavailable(s, flags))}
+    runnable = [s for s in systems if s.name not in skipped]
+    handlers_run = [h for h in HANDLERS if not args.handler or h in args.handler]
+    for name, why in skipped.items():
+        log(f"  {name:<15} skipped: {why}")
+    with redis_server() as (port, version), tempfile.TemporaryDirectory(
+        prefix="taskd-bench-peers-"
+    ) as tmp:
+        url = f"redis://127.0.0.1:{port}/0"
+        os.environ["BENCH_REDIS_URL"] = url  # read by bench_peers' apps when imported here
+        info = machine_info(version, bool(args.cpus))
+        workdir = Path(tmp)
+        rates: dict[str, dict[str, list[float]]] = {h: {} for h in handlers_run}
+        peaks: dict[str, float] = {}
+        for rep in range(1, args.repeat + 1):
+            for handler_name in handlers_run:
+                for system in runnable:
+                    quick_skip = args.quick and (
+                        system.kind not in ("taskd", "seed") or system.name == "taskd-warning"
+                    )
+                    if handler_name != "noop" and quick_skip:
+                        continue  # --quick: the peers' sleep runs would take most of a minute
+                    got = drain(system, url, workdir, HANDLERS[handler_name], args)
+                    rates[handler_name].setdefault(system.name, []).append(got.rate)
+                    peaks[system.name] = max(peaks.get(system.name, 0.0), got.peak_rss_mib)
+                    log(
+                        f"  run {rep}/{args.repeat} {handler_name:<9} {system.name:<15} "
+                        f"{got.rate:10,.0f} tasks/s  peak RSS {got.peak_rss_mib:5.1f} MiB"
+                    )
+        idles: dict[str, dict[str, float]] = {}
+        for system in runnable:
+            if args.quick and system.kind not in ("taskd", "seed"):
+                continue  # --quick: idle and latency runs for taskd and the seed's loop only
+            idles[system.name] = idle(system, url, workdir, args)
+            log(
+                f"  idle {system.name:<15} {idles[system.name]['idle_rss_mib']:5.1f} MiB, "
+                f"{idles[system.name]['idle_commands_per_s']:.2f} Redis commands/s"
+            )
+        latencies: dict[str, dict[str, float]] = {}
+        for system in runnable:
+            if system.name in LATENCY_SYSTEMS:
+                latencies[system.name] = latency(system, url, workdir, args)
+                log(
+                    f"  latency {system.name:<12} p50 {latencies[system.name]['p50_ms']:.2f} ms"
+                    f", p99 {latencies[system.name]['p99_ms']:.2f} ms at 200 tasks/s"
+                )
+    info["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return {
+        "systems": {s.name: s.label for s in systems},
+        "skipped": skipped,
+        "tasks": args.tasks,
+        "sleep_seconds": args.sleep_seconds,
+        "repeat": args.repeat,
+        "quick": args.quick,
+        "machine": info,
+        "runs_tasks_per_s": rates,
+        "peak_rss_mib": peaks,
+        "idle": idles,
+        "latency_at_200_per_s": latencies,
+        "goals": goals(rates, idles, latencies, peaks),
+    }
+
+
+def _median(rates: dict[str, list[float]], name: str) -> float | None:
+    values = rates.get(name)
+    return statistics.median(values) if values else None
+
+
+def goals(
+    rates: dict[str, dict[str, list[float]]],
+    idles: dict[str, dict[str, float]],
+    latencies: dict[str, dict[str, float]],
+    peaks: dict[str, float],
+) -> list[dict[str, Any]]:
+    """The issue's goals, each with the measured value, or "not measured" when a part is missing."""
+    noop, slow = rates.get("noop", {}), rates.get("sleep10ms", {})
+
+    def ratio(table: dict[str, list[float]], a: str, b: str) -> float | None:
+        x, y = _median(table, a), _median(table, b)
+        return x / y if x is not None and y else None
+
+    def goal(text: str, value: float | None, bound: float, at_most: bool = False) -> dict[str, Any]:
+        met = None if value is None else (value <= bound if at_most else value >= bound)
+        return {"goal": text, "value": value, "bound": bound, "met": met}
+
+    out = [
+        goal("taskd defaults / seed loop (noop) >= 1.0", ratio(noop, "taskd", "seed"), 1.0),
+        goal("taskd defaults / --log-level warning (noop) >= 0.95",
+             ratio(noop, "taskd", "taskd-warning"), 0.95),
+        goal("--prefetch / seed loop (noop) >= 5", ratio(noop, "taskd-prefetch", "seed"), 5.0),
+        goal("--prefetch / Dramatiq prefetch 100 (noop) >= 5",
+             ratio(noop, "taskd-prefetch", "dramatiq-pf100"), 5.0),
+        goal("--concurrency 10 / taskd (10 ms) >= 9", ratio(slow, "taskd-c10", "taskd"), 9.0),
+        goal("--concurrency 10 / Dramatiq -t 10 (10 ms) >= 1",
+             ratio(slow, "taskd-c10", "dramatiq-t10"), 1.0),
+        goal("100 coroutines, 10 ms async handler: tasks/s >= 5000",
+             _median(slow, "taskd-async100"), 5000.0),
+    ]  # fmt: skip
+    p50 = {k: v["p50_ms"] for k, v in latencies.items()}
+    out.append(goal("p50 latency at 200/s, taskd / seed <= 1.5",
+                    p50["taskd"] / p50["seed"] if "taskd" in p50 and p50.get("seed") else None,
+                    1.5, at_most=True))  # fmt: skip
+    idle_taskd = idles.get("taskd", {}).get("idle_commands_per_s")
+    out.append(goal("idle taskd: Redis commands/s <= 0.5", idle_taskd, 0.5, at_most=True))
+    out.append(goal("taskd RSS at concurrency 1 (peak) <= 40 MiB", peaks.get("taskd"), 40.0, True))
+    out.append(goal("taskd --concurrency 10 RSS (peak) <= 48 MiB", peaks.get("taskd-c10"), 48.0,
+                    True))  # fmt: skip
+    return out
+
+
+def peers_print(result: dict[str, Any]) -> None:
+    """The report: one table per handler, then idle/latency and the goals."""
+    m = result["machine"]
+    print(
+        f"\n{m['nproc']} CPUs, {m['platform']}, Python {m['python']}, redis-py {m['redis_py']}, "
+        f"{m['redis_server'].split(' sha=')[0]}; load average at start "
+        f"{m['loadavg_at_start']}, at end {m['loadavg_at_end']}"
+    )
+    print(f"median of {result['repeat']} [min-max]; tasks/s from the worker's own clock\n")
+    for handler_name, table in result["runs_tasks_per_s"].items():
+        base = _median(table, "taskd")
+        print(f"handler {handler_name}")
+        header = (
+            f"  {'system':<15} {'tasks/s':>9} {'[min-max]':>19} {'vs taskd':>9} "
+            f"{'idle RSS':>9} {'peak RSS':>9}"
+        )
+        print(header)
+        for name in result["systems"]:
+            if name in result["skipped"]:
+                print(f"  {name:<15} {result['skipped'][name]}")
+                continue
+            values = table.get(name)
+            if not values:
+                print(f"  {name:<15} (not run in this mode)")
+                continue
+            med = statistics.median(values)
+            rng = f"[{min(values):,.0f}-{max(values):,.0f}]"
+            vs = f"{med / base:.2f}x" if base else "-"
+            idle_rss = result["idle"].get(name, {}).get("idle_rss_mib")
+            idle_text = "-" if idle_rss is None else f"{idle_rss:.1f} MiB"
+            print(
+                f"  {name:<15} {med:>9,.0f} {rng:>19} {vs:>9} {idle_text:>9} "
+                f"{result['peak_rss_mib'].get(name, 0.0):>5.1f} MiB"
+            )
+        print()
+    print("idle Redis commands/s per consumer (INFO commandstats)")
+    for name, values in result["idle"].items():
+        print(f"  {name:<15} {values['idle_commands_per_s']:8.2f}")
+    print("\nend-to-end latency at 200 tasks/s")
+    for name, values in result["latency_at_200_per_s"].items():
+        print(f"  {name:<15} p50 {values['p50_ms']:7.2f} ms   p99 {values['p99_ms']:7.2f} ms")
+    print("\ngoals")
+    for g in result["goals"]:
+        verdict = {True: "MET", False: "NOT MET", None: "not measured"}[g["met"]]
+        value = "-" if g["value"] is None else f"{g['value']:,.2f}"
+        print(f"  {verdict:<12} {g['goal']}: {value}")
+
+
+def peers_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="taskd against the seed's loop, Celery, Dramatiq and RQ in one run "
+        "(each peer from the optional 'bench' extra, skipped with a note when missing); "
+        "--loops runs the older in-process loop comparison instead (see --loops --help).",
+    )
+    parser.add_argument("--quick", action="store_true",
+                        help="CI mode: 200 tasks, 1 repeat, short windows; peers: one no-op drain")
+    parser.add_argument("--tasks", type=int, default=10_000,
+                        help="no-op tasks per drain (default 10000; slow peers a fifth)")
+    parser.add_argument("--sleep-seconds", type=float, default=3.0,
+                        help="work per drain with the 10 ms handler, in seconds of one "
+                        "thread's time (default 3: 300 tasks at concurrency 1)")
+    parser.add_argument("--repeat", type=int, default=3, help="drains per set-up (median)")
+    parser.add_argument("--idle-seconds", type=float, default=10.0,
+                        help="window of the idle commands/s count (default 10: two of "
+                        "taskd's 5 s blocking claims)")
+    parser.add_argument("--latency-seconds", type=float, default=5.0,
+                        help="duration of the 200 tasks/s latency runs (default 5)")
+    parser.add_argument("--only", nargs="*", default=[], metavar="SYSTEM",
+                        help=f"only these set-ups: {' '.join(s.name for s in SYSTEMS)}")
+    parser.add_argument("--handler", nargs="*", default=[], choices=list(HANDLERS),
+                        help="only these handlers (default both)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document only")
+    parser.add_argument("--pin", default="", metavar="CPUS", help="run everything on these CPUs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.tasks, args.repeat = min(args.tasks, 200), 1
+        args.sleep_seconds, args.idle_seconds, args.latency_seconds = 0.2, 1.0, 0.5
+    if args.tasks < 20 or args.repeat < 1 or args.sleep_seconds <= 0 or args.idle_seconds <= 0:
+        parser.error("--tasks >= 20, --repeat >= 1, --sleep-seconds and --idle-seconds > 0")
+    try:
+        args.cpus = sorted({int(c) for c in args.pin.split(",") if c.strip()})
+    except ValueError:
+        parser.error(f"--pin={args.pin!r}: expected CPU numbers separated by commas")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The peers bench; ``--loops ...`` runs the in-process loop comparison (loops_main)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--loops" in argv:
+        return loops_main([a for a in argv if a != "--loops"])
+    args = peers_args(argv)
+    if args.cpus:
+        try:
+            os.sched_setaffinity(0, args.cpus)
+        except OSError as exc:
+            print(f"bench failed: --pin={args.pin!r}: {exc}", file=sys.stderr)
+            return 1
+
+    def log(line: str) -> None:
+        if not args.json:
+            print(line, flush=True)
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        result = peers_measure(args, log)
+    except KeyboardInterrupt:
+        print("interrupted; workers and redis-server stopped", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line, exit 1: the benchmark itself failed
+        print(f"bench failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        peers_print(result)
+    return 0
 
 if __name__ == "__main__":
     raise SystemExit(main())
