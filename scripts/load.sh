@@ -109,8 +109,19 @@ connection = close
 protocol = HTTP/1.1
 RC
 
-curl -fsS --max-time 5 -o /dev/null "$BASE/healthz" ||
-  die "no taskd web answers at $BASE/healthz${STACK_NOTE:+ ($STACK_NOTE)}"
+# A stack started a moment ago (make run in another shell) may still be importing: give each
+# address up to 15 s to answer before calling it unavailable.
+wait_http() {
+  local url=$1 deadline=$((SECONDS + 15))
+  until curl -fsS --max-time 5 -o /dev/null "$url" 2>/dev/null; do
+    [ "$SECONDS" -lt "$deadline" ] || return 1
+    sleep 0.5
+  done
+}
+wait_http "$BASE/healthz" || die "no taskd web answers at $BASE/healthz${STACK_NOTE:+ ($STACK_NOTE)}"
+for url in "${CONSUMER_METRICS[@]}"; do
+  wait_http "$url" || die "no consumer metrics answer at $url"
+done
 
 # "pending processing delayed dead" of $QUEUE, from `taskd status --json`.
 queue_state() {
