@@ -52,8 +52,9 @@ if [ -x "$ROOT/.venv/bin/taskd" ]; then TASKD=("$ROOT/.venv/bin/taskd"); else TA
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-# siege's own HOME: on its first run siege writes ~/.siege/siege.conf and says so on stdout,
-# which is where its JSON summary goes; a HOME of its own leaves the user's ~/.siege alone.
+# siege's own HOME, so the user's ~/.siege is neither read nor written. siege then meets a
+# fresh HOME on every run and prints "New configuration template added to ~/.siege" on stdout
+# before its JSON summary: load_helpers.py reads the summary object out of whatever surrounds it.
 mkdir -p "$WORK/home"
 
 # The stack this checkout's supervisord runs: "web URL", "redis URL", "consumer URL" lines.
