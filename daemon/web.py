@@ -44,7 +44,7 @@ from prometheus_client.metrics_core import Metric
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from daemon import exitcodes, metrics
+from daemon import exitcodes, metrics, web_systemd
 from daemon.config import ConfigError, Settings
 from daemon.connection import is_transient, make_client
 from daemon.liveness import enable_stack_dumps
@@ -586,7 +586,7 @@ def serve(settings: Settings) -> int:
     except SystemExit:  # gunicorn refused a setting and said why on stderr
         return exitcodes.CONFIG
     try:
-        server.run()
+        web_systemd.run(server, settings.web_bind)  # gunicorn's run(), telling systemd too
     except SystemExit as stop:  # gunicorn ends its arbiter and its workers with sys.exit
         code = stop.code
         status = code if isinstance(code, int) else (exitcodes.OK if code is None else 1)
