@@ -228,6 +228,19 @@ def test_consumer_acl_user_covers_reliable_consumption_and_recovery(
         server.stop()
 
 
+def test_producer_acl_user_can_schedule_delayed_tasks(tmp_path: Path, taskd: DaemonFactory) -> None:
+    server = _acl_server(tmp_path)
+    try:
+        producer = f"redis://taskd-producer:pw-producer@127.0.0.1:{server.port}/0"
+        done = taskd.run(
+            "enqueue", "--redis-url", producer, "--queue", "task:q", "--delay", "1h", "x"
+        )
+        assert done.returncode == 0, done.stderr
+        assert server.client().zcard("task:q:delayed") == 1
+    finally:
+        server.stop()
+
+
 def test_noperm_is_reported_clearly_instead_of_looping(
     tmp_path: Path, taskd: DaemonFactory
 ) -> None:
