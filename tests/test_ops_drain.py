@@ -108,7 +108,6 @@ def test_drain_time_of_real_consumers_on_a_real_prometheus(
     client = redis_server.client()
     worked, hung = free_port(), free_port()
     client.lpush("stuck", "hang:first")
-    client.lpush("jobs", *[f"slow:0.02:t{i}" for i in range(400)])
     common = ("--handler", "handlers_for_tests:record", "--stall-timeout", "600")
     taskd.consume(redis_server.url, "--queue", "jobs", "--metrics-port", str(worked), *common)
     taskd.consume(
@@ -122,18 +121,32 @@ def test_drain_time_of_real_consumers_on_a_real_prometheus(
         *common,
     )
     prometheus = Prometheus(prometheus_dir, [worked, hung])
+
+    def rules() -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+        return (
+            prometheus.query("taskd:queue_drain_seconds"),
+            prometheus.query("taskd:queue_pending:max"),
+            prometheus.query("taskd:queue_acked:rate5m"),
+        )
+
     try:
         wait_until(lambda: client.llen("stuck") == 0, 10, "the hanging task claimed")
+        # both consumers scraped (an acked rate needs two scrapes) before the load starts
+        wait_until(lambda: set(rules()[2]) == {"jobs", "stuck"}, 30, "both queues' rates")
         client.lpush("stuck", "a", "b", "c")  # waits behind the hanging handler
-        drain = wait_until(
-            lambda: prometheus.query("taskd:queue_drain_seconds").get("jobs", 0) > 0
-            and prometheus.query("taskd:queue_drain_seconds"),
+        client.lpush("jobs", *[f"slow:0.02:t{i}" for i in range(400)])
+        drain, pending, rate = wait_until(
+            lambda: (
+                (now := rules())[0].get("jobs", 0) > 0
+                and now[1].get("stuck") == 3
+                and now[2].get("stuck") == 0
+                and now
+            ),
             30,
-            "a drain time for the worked queue",
+            "a drain time for the worked queue while the other one is stuck",
         )
+        assert drain["jobs"] > 0 and rate["jobs"] > 0, (drain, rate)
         assert "stuck" not in drain, drain  # pending, nothing acked: no value, not +Inf
-        assert prometheus.query("taskd:queue_pending:max")["stuck"] == 3
-        assert prometheus.query("taskd:queue_acked:rate5m")["stuck"] == 0
         wait_until(lambda: client.llen("jobs") == 0, 60, "the worked queue empty")
         wait_until(
             lambda: prometheus.query("taskd:queue_drain_seconds").get("jobs") == 0,
