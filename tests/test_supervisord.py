@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 
@@ -16,6 +17,14 @@ from conftest import wait_until
 from stack import Stack
 
 Q = "task:prodcons:queue"
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 1).close()
+    except OSError:
+        return False
+    return True
 STALL = 4.0
 FAST_ENV = {
     "TASKD_BLOCK_TIMEOUT": "1",
@@ -65,6 +74,8 @@ def test_all_programs_reach_running_and_supervisorctl_lists_them(stack: Stack) -
     # the web producer served by supervisord pushes a task the consumers then handle
     import http.client
 
+    # supervisord calls web RUNNING after startsecs, which may come before gunicorn listens
+    wait_until(lambda: _listening(stack.web_port), 15, "the web producer listening")
     conn = http.client.HTTPConnection("127.0.0.1", stack.web_port, timeout=10)
     conn.request("GET", "/prodcons")
     assert conn.getresponse().status == 302
