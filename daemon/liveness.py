@@ -64,6 +64,9 @@ class Progress:
         self._last_work = self._last
         # Helper threads (task heartbeat, HTTP server) that died: name -> error
         self.dead_helpers: dict[str, str] = {}
+        # Why the loop is not consuming although nothing is wrong with it (e.g. waiting for
+        # its worker id, held by a live process elsewhere); "" = consuming. For /readyz.
+        self.waiting = ""
 
     def mark(self) -> None:
         """The loop turned: it is not stuck."""
