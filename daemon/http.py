@@ -165,14 +165,14 @@ def stale_work_reason(
     """
     if link is None or snap.task is not None:
         return None
-    if not (link.connected or link.refusing or link.rejecting):
+    if not (link.connected or link.rejecting):
         return None
     if link.rejecting and link.rejecting_since is not None:  # answering again since then
         since_reachable = link.clock() - link.rejecting_since
     stale = since_work if since_reachable is None else min(since_work, since_reachable)
     if stale <= stall_timeout:
         return None
-    refusing = link.refusing or link.rejecting
+    refusing = refusal(link)
     why = f"Redis refuses writes: {refusing}" if refusing else "Redis answers"
     return (
         f"no task claimed or settled for {stale:.1f} s although {why}, "
@@ -212,16 +212,25 @@ def health(
 
 
 # -- /readyz ----------------------------------------------------------------------------------
-def readiness(link: LinkState) -> tuple[int, dict[str, Any]]:
+def refusal(link: LinkState) -> str:
+    """Why Redis, reachable, refuses us now; "" when it does not (or is not reachable at all).
+
+    Out of memory is known only while connected: once Redis is away it is not known any more.
+    """
+    return link.refusing if link.connected else link.rejecting
+
+
+def readiness(link: LinkState, waiting: str = "") -> tuple[int, dict[str, Any]]:
     """(HTTP status, body) of /readyz: 503 with the reason while Redis cannot serve us.
 
     Refusing writes (e.g. out of memory) is not ready either: the consumer keeps draining,
     but nothing can be enqueued or retried until memory is freed. An eviction policy other
-    than noeviction is ready with a warning (it works, but may lose tasks).
+    than noeviction is ready with a warning (it works, but may lose tasks). `waiting`: why a
+    healthy loop does not consume yet (its worker id is held elsewhere): not ready either.
     """
     body: dict[str, Any]
     # Full (the consumer still drains), or answering only with refusals (a replica, LOADING...)
-    refusing = link.refusing or ("" if link.connected else link.rejecting)
+    refusing = refusal(link)
     if refusing:
         body = {
             "state": "not_ready",
@@ -229,6 +238,9 @@ def readiness(link: LinkState) -> tuple[int, dict[str, Any]]:
             "refusing": refusing,
             "reason": f"Redis refuses writes: {refusing}",
         }
+        status = 503
+    elif link.connected and waiting:
+        body = {"state": "not_ready", "redis": "connected", "waiting": waiting, "reason": waiting}
         status = 503
     elif link.connected:
         body, status = {"state": "ready", "redis": "connected"}, 200
@@ -303,7 +315,7 @@ def serve_metrics(
             elif path == "/healthz":
                 self._json(*health(progress, settings, link, reach.seconds()))
             elif path == "/readyz":
-                self._json(*readiness(link))
+                self._json(*readiness(link, progress.waiting))
             else:
                 self._json(
                     404, {"error": "not found", "paths": ["/metrics", "/healthz", "/readyz"]}

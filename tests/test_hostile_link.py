@@ -38,3 +38,22 @@ def test_readyz_says_redis_answers_but_refuses_while_a_replica_rejects_writes() 
     link.succeeded()
     assert readiness(link) == (200, {"state": "ready", "redis": "connected"})
     assert link.rejecting == "" and link.rejecting_since is None
+
+
+def test_out_of_memory_is_not_reported_once_redis_is_away() -> None:
+    link = _link()
+    link.succeeded()
+    link.refusing = "out of memory (maxmemory reached)"
+    assert readiness(link)[1]["refusing"] == "out of memory (maxmemory reached)"
+    link.failed(redis.ConnectionError("Connection refused"))  # Redis killed while full
+    status, body = readiness(link)
+    assert status == 503 and body["redis"] == "down" and "refusing" not in body
+
+
+def test_readyz_is_503_while_the_loop_waits_for_its_worker_id() -> None:
+    link = _link()
+    link.succeeded()
+    waiting = "waiting for worker id w1 of queue q, held by host h2 pid 7 since 12:00"
+    status, body = readiness(link, waiting)
+    assert status == 503 and body["redis"] == "connected" and body["waiting"] == waiting
+    assert readiness(link, "")[0] == 200
