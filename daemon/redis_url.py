@@ -150,8 +150,16 @@ def redact(text: str) -> str:
     return text[: match.start()] + _redact_one(text[match.start() :])
 
 
+def _shown(url: str) -> str:
+    """`url` as an error may show it: redacted, and where it is not even a URL (a typo in
+    `://`), everything up to its last `@` hidden, since that may well be a password."""
+    if _SCHEME.search(url) is None and "@" in url:
+        return "***@" + url.rpartition("@")[2]
+    return redact(url)
+
+
 def _fail(url: str, problem: str) -> RedisUrlError:
-    return RedisUrlError(f"redis url {redact(url)!r}: {problem}")
+    return RedisUrlError(f"redis url {_shown(url)!r}: {problem}")
 
 
 def _port(text: str, url: str) -> int:
@@ -177,7 +185,9 @@ def _hosts(hostpart: str, url: str, default_port: int) -> tuple[tuple[str, int],
         if not item:
             raise _fail(url, f"no host; {EXPECTED}")
         if item.startswith("["):  # IPv6 literal
-            host, _, rest = item[1:].partition("]")
+            host, closed, rest = item[1:].partition("]")
+            if not closed:
+                raise _fail(url, f"an IPv6 address without its closing ']'; {EXPECTED}")
             port = _port(rest[1:], url) if rest.startswith(":") else default_port
         elif ":" in item:
             host, _, port_text = item.rpartition(":")
@@ -226,7 +236,7 @@ def parse(url: str) -> RedisTarget:
     """Parse `url` or raise RedisUrlError with one line that names it (password hidden)."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise RedisUrlError(f"redis url {redact(url)!r} is not a URL; {EXPECTED}")
+        raise RedisUrlError(f"redis url {_shown(url)!r} is not a URL; {EXPECTED}")
     if scheme not in SCHEMES:
         raise _fail(url, f"unknown scheme {scheme!r}; {EXPECTED}")
     at = _userinfo_end(rest, scheme == "unix", scheme.endswith("+sentinel"))
