@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon import redis_url
-from daemon.keys import DEFAULT_CHANNEL, DEFAULT_QUEUE
+from daemon.keys import DEFAULT_CHANNEL, DEFAULT_QUEUE, QueueKeys
 
 ENV_PREFIX = "TASKD_"
 SOCKET_MARGIN = 5.0  # default socket timeout = block timeout + this
@@ -369,3 +369,10 @@ def _validate(s: Settings) -> None:
     for queue in s.queues:
         if any(c.isspace() for c in queue):
             raise ConfigError(f"--queue={queue!r}: expected a queue name without spaces")
+        for other in s.queues:
+            if other != queue and QueueKeys(other).owns(queue):
+                raise ConfigError(
+                    f"--queue={queue!r}: that is a key of queue {other!r} (its dead letters, "
+                    "retries or processing lists); expected a queue name that is not another "
+                    "queue's key"
+                )

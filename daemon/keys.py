@@ -64,3 +64,11 @@ class QueueKeys:
     def dead(self) -> str:
         """List of dead letters (JSON documents)."""
         return f"{self.queue}:dead"
+
+    def owns(self, key: str) -> bool:
+        """Whether `key` is one of this queue's own keys (other than the pending list itself).
+
+        A second queue by such a name would consume this queue's dead letters, retries...
+        """
+        own = (self.workers, self.attempts, self.delayed, self.dead)
+        return key in own or key.startswith((self.processing_prefix, f"{self.queue}:alive:"))

@@ -128,3 +128,16 @@ def test_numeric_flags_out_of_range_exit_78_with_one_line(args: list[str], expec
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert expected in lines[0]
+
+
+@pytest.mark.parametrize("second", ["q:dead", "q:delayed", "q:attempts", "q:processing:w1"])
+def test_a_queue_named_after_another_queues_key_is_refused(second: str) -> None:
+    with pytest.raises(ConfigError, match=f"--queue='{second}': that is a key of queue 'q'"):
+        config.load({"queues": ["q", second]}, env={})
+
+
+def test_queues_that_only_share_a_prefix_are_fine() -> None:
+    assert config.load({"queues": ["orders", "orders:high"]}, env={}).queues == (
+        "orders",
+        "orders:high",
+    )
