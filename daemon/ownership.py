@@ -132,7 +132,8 @@ class IdKeeper:
 
     A holder that is a dead process on this machine (kill -9, then a restart) is taken over
     at once; a live one here is RedisFatalError (exit 78); one elsewhere is waited for, with
-    one log line: its heartbeat expires when it is gone.
+    one log line: its heartbeat expires when it is gone. Refusing or waiting, the ids already
+    taken on other queues are given back (their lists left registered for peer recovery).
     """
 
     def __init__(
@@ -170,6 +171,9 @@ class IdKeeper:
                 self.release()
                 raise RedisFatalError(self._in_use(queue, found))
             if verdict == WAIT:
+                # Not holding (renewing) the ids taken on earlier queues while we wait: a
+                # killed predecessor's task there is then left to peer recovery meanwhile.
+                self.release()
                 self._wait_for(queue, found, holder)
                 return False
             self.log.warning(

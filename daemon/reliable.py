@@ -191,12 +191,14 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 return false
 """
 
-# Clean stop: say goodbye, but only for an id that is still ours.
+# Clean stop (or giving back an id not used): say goodbye, but only for an id that is still
+# ours. The worker stays registered while its processing list holds anything (a killed
+# predecessor's task): the registry is how peers find that list to recover it.
 _FORGET = """
--- KEYS: alive, workers   ARGV: owner, worker
+-- KEYS: alive, workers, processing   ARGV: owner, worker
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[2])
+if redis.call('LLEN', KEYS[3]) == 0 then redis.call('ZREM', KEYS[2], ARGV[2]) end
 return 1
 """
 
@@ -470,9 +472,10 @@ class ReliableQueue:
     def forget_self(self) -> None:
         """On a clean stop: drop the heartbeat so peers and `status` see the worker gone.
 
-        Only while the id is ours: the process that took it over keeps its heartbeat.
+        Only while the id is ours: the process that took it over keeps its heartbeat. A
+        processing list that still holds tasks stays registered, for peers to recover.
         """
-        keys = [self.alive_key, self.keys.workers]
+        keys = [self.alive_key, self.keys.workers, self.processing]
         self._run("forget", keys, [self.owner_record, self.worker])
 
     def return_own(
