@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from daemon import exitcodes, metrics
-from daemon.config import Settings
+from daemon.config import ConfigError, Settings
 from daemon.connection import LinkState
 from daemon.liveness import (
     LAST_WORDS_DEADLINE,
@@ -180,8 +180,37 @@ def supervise(
     watchdog.start()
     signal.signal(signal.SIGTERM, stop.request)
     signal.signal(signal.SIGINT, stop.request)
+    code = 1  # an exception out of the loop is a crash, unless it is a configuration error
     try:
-        return loop()
+        code = loop()
+        return code
+    except ConfigError:
+        code = exitcodes.CONFIG
+        raise
     finally:
         watchdog.stop()
         notifier.close()
+        bound_the_exit(code)
+
+
+EXIT_GRACE = 5.0  # seconds the interpreter may take to shut down once the loop has stopped
+
+
+def bound_the_exit(code: int, grace: float = EXIT_GRACE) -> None:
+    """Make sure the process ends with `code` within `grace` seconds from now.
+
+    After the loop, Python still joins non-daemon threads and runs atexit hooks, with no
+    deadline: a handler's library thread, a ThreadPoolExecutor job or an asyncio.to_thread
+    call left running would keep a drained consumer alive for ever (and supervisord or
+    systemd waiting). The exit is armed first; its note is a bounded write, never a block.
+    """
+
+    def forced() -> None:
+        note = (
+            f"taskd: exit {code} forced {grace:g} s after the loop stopped: threads or atexit "
+            "hooks (a handler's) kept the process alive\n"
+        )
+        bounded_write(2, note.encode(), time.monotonic() + 0.5)
+        os._exit(code)
+
+    arm_exit(forced, grace)
