@@ -196,7 +196,12 @@ class Consumer:
             self._check_server(startup=True)
             self._server_checked = True
         if not self._ids.take():
+            # Waiting for an id held elsewhere is not a stall: /healthz stays 200, /readyz
+            # says why this process does not consume.
+            self.progress.waiting = self._ids.waiting
+            self.progress.work_done()
             return
+        self.progress.waiting = ""
         for queue in self.queues:
             recovered = queue.return_own(self.settings.max_attempts, count_attempt=True)
             if recovered.returned or recovered.doomed:

@@ -150,6 +150,8 @@ class IdKeeper:
         self.log = log
         self._wait = wait  # interruptible by a stop request
         self._wait_logged = False
+        # While take() is False: what we wait for, for /readyz ("" once the ids are ours)
+        self.waiting = ""
 
     def take(self) -> bool:
         """Take the id on every queue; False while it is held elsewhere (after a short wait)."""
@@ -157,6 +159,7 @@ class IdKeeper:
             if not self._take_one(queue):
                 return False
         self._wait_logged = False
+        self.waiting = ""
         return True
 
     def _take_one(self, queue: ReliableQueue) -> bool:
@@ -194,12 +197,16 @@ class IdKeeper:
         )
 
     def _wait_for(self, queue: ReliableQueue, holder: Owner | None, raw: bytes) -> None:
+        who = holder.describe() if holder else repr(raw)[:120]
+        self.waiting = (
+            f"waiting for worker id {queue.worker!r} of queue {queue.keys.queue!r}, held by {who}"
+        )
         if not self._wait_logged:
             self._wait_logged = True
             self.log.warning(
                 "worker.id_held_elsewhere",
                 queue=queue.keys.queue,
-                holder=holder.describe() if holder else repr(raw)[:120],
+                holder=who,
                 note="another host (or container) consumes with this --worker-id; waiting "
                 "until its heartbeat expires before consuming",
             )

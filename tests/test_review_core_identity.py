@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import signal
 import time
+import urllib.error
+import urllib.request
+from typing import Any
 
-from conftest import DaemonFactory, RedisServer, wait_until
+from conftest import DaemonFactory, RedisServer, free_port, wait_until
 
 HANDLER = ("--handler", "handlers_for_tests:record")
 HELD = "slow:30:held"
@@ -78,3 +81,36 @@ def test_process_waiting_for_an_id_held_elsewhere_holds_none_of_its_other_ids(
     _peer_runs_held(redis_server, taskd)
     assert waiting.proc.poll() is None
     assert not any(pid == str(waiting.pid) for pid, _, _ in taskd.records())
+
+
+def _get(port: int, path: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_waiting_for_an_id_held_elsewhere_is_alive_but_not_ready(
+    redis_server: RedisServer, taskd: DaemonFactory
+) -> None:
+    client = redis_server.client()
+    elsewhere = {"token": "feed", "host": "elsewhere", "pid": 1, "since": time.time()}
+    client.set("q:alive:W", json.dumps(elsewhere), px=120_000)
+    client.lpush("q", "pending")
+    port = free_port()
+    waiting = taskd.consume(
+        redis_server.url,
+        *("--queue", "q", *HANDLER, "--worker-id", "W", "--metrics-port", str(port)),
+        *("--socket-timeout", "1", "--stall-timeout", "2"),
+    )
+    waiting.wait_for_event("worker.id_held_elsewhere", 10)
+    started = time.monotonic()
+    why = "waiting for worker id 'W' of queue 'q', held by host elsewhere, pid 1, since"
+    ready = wait_until(lambda: (r := _get(port, "/readyz")) and why in str(r) and r, 5, "why")
+    assert ready[0] == 503, ready
+    while time.monotonic() - started < 4:  # twice the stall timeout: a restart cannot help
+        status, body = _get(port, "/healthz")
+        assert status == 200, body
+        time.sleep(0.5)
+    assert waiting.proc.poll() is None and taskd.records() == []
