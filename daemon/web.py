@@ -46,7 +46,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from daemon import exitcodes, metrics, web_systemd
 from daemon.config import ConfigError, Settings
-from daemon.connection import is_transient, make_client
+from daemon.connection import is_transient, make_client, refusal_reason
 from daemon.liveness import enable_stack_dumps
 from daemon.producer import (
     ReplicasNotConfirmed,
@@ -79,6 +79,7 @@ WEB_SERIES_PREFIXES = ("taskd_web_", "process_", "python_")
 WEB_SERIES = ("taskd_redis_connected", "taskd_build")
 # /metrics PINGs Redis first when no request has told taskd_redis_connected for this long.
 CONNECTED_FRESH_FOR = 5.0
+REFUSAL_REMEMBERED = 5.0  # seconds /readyz stays 503 after a refused push (none may come)
 
 T = TypeVar("T")
 
@@ -227,6 +228,8 @@ class RedisHealth:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.told_at = -math.inf  # monotonic time of the last outcome
+        # The last push Redis refused for now (OOM, READONLY...): why, and when (monotonic)
+        self._refused: tuple[str, float] | None = None
 
     def record(self, answered: bool) -> None:
         """Set the gauge from one call's outcome."""
@@ -234,22 +237,46 @@ class RedisHealth:
             self.told_at = time.monotonic()
             metrics.REDIS_CONNECTED.set(1 if answered else 0)
 
-    def observe(self, call: Callable[[], T]) -> T:
-        """Run one Redis call and record its outcome; exceptions pass through."""
+    def observe(self, call: Callable[[], T], push: bool = False) -> T:
+        """Run one Redis call and record its outcome; exceptions pass through.
+
+        For a `push`, a refusal that waiting cures (out of memory, a read-only replica) is
+        remembered for /readyz; a push that succeeds forgets it.
+        """
         try:
             result = call()
-        except (redis.ConnectionError, redis.TimeoutError):
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
             self.record(False)
+            if push and (why := _refused_for_now(exc)):
+                self._refused = (why, time.monotonic())
             raise
-        except (redis.RedisError, ReplicasNotConfirmed):
+        except (redis.RedisError, ReplicasNotConfirmed) as exc:
             self.record(True)
+            if push and (why := _refused_for_now(exc)):
+                self._refused = (why, time.monotonic())
             raise
         self.record(True)
+        if push:
+            self._refused = None
         return result
+
+    def refusing(self) -> str:
+        """Why pushes were refused within the last REFUSAL_REMEMBERED seconds, or ""."""
+        refused = self._refused
+        if refused is None or time.monotonic() - refused[1] > REFUSAL_REMEMBERED:
+            return ""
+        return refused[0]
 
     def stale(self) -> bool:
         """True when no call has told the gauge for CONNECTED_FRESH_FOR seconds."""
         return time.monotonic() - self.told_at > CONNECTED_FRESH_FOR
+
+
+def _refused_for_now(exc: BaseException) -> str:
+    """Why Redis, answering, refused a push in a way that waiting cures; "" if it did not."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return "out of memory (maxmemory reached)"
+    return refusal_reason(exc)
 
 
 @dataclass(frozen=True)
@@ -397,7 +424,9 @@ def create_app(
     def prodcons() -> BaseResponse:
         elem = random.randrange(10)
         with metrics.WEB_ENQUEUE_SECONDS.time():
-            depth = health.observe(lambda: enqueue(redis_client, queue, str(elem), *waits))
+            depth = health.observe(
+                lambda: enqueue(redis_client, queue, str(elem), *waits), push=True
+            )
         _log.info("web.lpush", queue=queue, task=elem, depth=depth)
         return redirect("/")
 
@@ -406,7 +435,8 @@ def create_app(
         elem = random.randrange(10)
         with metrics.WEB_ENQUEUE_SECONDS.time():
             receivers = health.observe(
-                lambda: publish(redis_client, channel, str(elem), settings.durable, *waits)
+                lambda: publish(redis_client, channel, str(elem), settings.durable, *waits),
+                push=True,
             )
         _log.info("web.publish", channel=channel, message=elem, receivers=receivers)
         return redirect("/")
@@ -427,7 +457,9 @@ def create_app(
         if task.delay > 0:
             return _schedule(task)
         with metrics.WEB_ENQUEUE_SECONDS.time():
-            depth = health.observe(lambda: enqueue(redis_client, task.queue, task.body, *waits))
+            depth = health.observe(
+                lambda: enqueue(redis_client, task.queue, task.body, *waits), push=True
+            )
         _log.info("web.enqueue", queue=task.queue, size=len(task.body), depth=depth)
         return _json(202, {"queue": task.queue, "depth": depth})
 
@@ -435,7 +467,8 @@ def create_app(
         """A delayed POST /api/tasks: into the queue's delayed set, due on Redis's clock."""
         with metrics.WEB_ENQUEUE_SECONDS.time():
             done = health.observe(
-                lambda: enqueue_delayed(redis_client, task.queue, task.body, task.delay, *waits)
+                lambda: enqueue_delayed(redis_client, task.queue, task.body, task.delay, *waits),
+                push=True,
             )
         _log.info(
             "web.enqueue_delayed",
@@ -474,6 +507,9 @@ def create_app(
         except redis.RedisError as exc:
             _log.warning("web.not_ready", error=f"{type(exc).__name__}: {exc}")
             return _json(503, {"state": "not_ready", "redis": "down"})
+        if refusing := health.refusing():  # Redis answers, but the last pushes were refused
+            doc = {"state": "not_ready", "redis": "connected", "refusing": refusing}
+            return _json(503, {**doc, "reason": f"Redis refuses pushes: {refusing}"})
         return _json(200, {"state": "ready", "redis": "connected"})
 
     @app.errorhandler(redis.RedisError)
