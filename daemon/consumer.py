@@ -45,7 +45,7 @@ from daemon.memory import (
     MemoryState,
     eviction_policy,
     report_policy,
-    server_major_version,
+    supports_script_flags,
 )
 from daemon.ownership import IdKeeper, Owner
 from daemon.redis_url import redact
@@ -224,7 +224,7 @@ class Consumer:
 
         Never raises but at startup with --require-noeviction (a RedisFatalError, exit 78).
         """
-        flagged = server_major_version(self.client) >= 7  # 6.2 cannot parse `#!lua flags=`
+        flagged = supports_script_flags(self.client)
         for queue in self.queues + self._task_heartbeat.queues:
             queue.use_allow_oom(flagged)
         policy = eviction_policy(self.client)

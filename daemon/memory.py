@@ -91,12 +91,21 @@ class MemoryState:
 
 
 def report_policy(policy: str, link: Any, log: Any) -> None:
-    """Publish the policy read after a (re)connect: link, gauge, one warning when unsafe."""
+    """Publish the policy read after a (re)connect: link, gauge, one warning when unsafe
+    or unreadable (once per connection episode: the caller reads it once per episode)."""
     link.eviction_policy = policy
     metrics.REDIS_EVICTION_POLICY.clear()
     if policy:
         metrics.REDIS_EVICTION_POLICY.labels(policy=policy).set(1)
-    if policy and policy != SAFE_POLICY:
+    if not policy:
+        log.warning(
+            "redis.eviction_policy_unknown",
+            expected=SAFE_POLICY,
+            note="neither CONFIG GET maxmemory-policy nor INFO memory is allowed to this "
+            "Redis user: taskd cannot tell whether Redis may evict its tasks or heartbeats; "
+            f"make sure maxmemory-policy is {SAFE_POLICY} (or grant +info)",
+        )
+    elif policy != SAFE_POLICY:
         log.warning(
             "redis.eviction_policy_unsafe",
             policy=policy,
@@ -104,6 +113,26 @@ def report_policy(policy: str, link: Any, log: Any) -> None:
             effect=consequence(policy),
             note=f"set maxmemory-policy {SAFE_POLICY} on the Redis server taskd uses",
         )
+
+
+FLAGS_PROBE = "#!lua flags=allow-oom\nreturn 1"
+
+
+def supports_script_flags(client: Any) -> bool:
+    """Whether the server takes `#!lua flags=` scripts (Redis >= 7.0; 6.2 cannot parse them).
+
+    Asked by loading a one-line flagged script (SCRIPT LOAD, which taskd needs anyway and
+    may run while Redis is full), not by INFO's version: INFO is optional in the shipped ACL,
+    and reading "version 0" would run the plain scripts, refused under OOM. Where SCRIPT LOAD
+    is forbidden, INFO's version decides.
+    """
+    try:
+        client.script_load(FLAGS_PROBE)
+        return True
+    except redis.exceptions.NoPermissionError:
+        return server_major_version(client) >= 7
+    except redis.ResponseError:  # "Unexpected" shebang / compile error: a pre-7.0 server
+        return False
 
 
 def server_major_version(client: Any) -> int:

@@ -1,0 +1,80 @@
+"""Redis full, as the shipped ACL user without INFO sees it, and Redis full then down.
+
+Real redis-server (maxmemory reached, noeviction) and real taskd processes.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from conftest import ROOT, DaemonFactory, RedisServer, wait_until
+
+HANDLER = ("--handler", "handlers_for_tests:record")
+Q = "task:q"  # the shipped ACL's key pattern is ~task:*
+
+
+@pytest.fixture
+def full_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server with a 4 MB maxmemory and noeviction (filled by the test)."""
+    server = RedisServer(
+        tmp_path / "full", None, "--maxmemory", "4mb", "--maxmemory-policy", "noeviction"
+    )
+    server.workdir.mkdir()
+    server.start()
+    yield server
+    server.stop()
+
+
+def fill(server: RedisServer) -> None:
+    """Append to a filler key until Redis refuses with OOM, then keep a margin below used."""
+    client = server.client()
+    chunk = b"x" * 65536
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        for _ in range(1000):
+            client.append("filler", chunk)
+    used = int(client.info("memory")["used_memory"])
+    # draining a few small tasks must not bring Redis back under its limit during the test
+    client.config_set("maxmemory", str(used - 256 * 1024))
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        client.set("probe", "1")
+
+
+def _consumer_user_without(server: RedisServer, command: str) -> str:
+    """The shipped taskd-consumer ACL user minus `command`; returns its URL."""
+    line = next(
+        x
+        for x in (ROOT / "conf" / "redis-acl.conf").read_text().splitlines()
+        if x.startswith("user taskd-consumer ")
+    )
+    rules = line.split()[2:]
+    rules = [">pw" if r.startswith(">") else r for r in rules if r != f"+{command}"]
+    server.client().execute_command("ACL", "SETUSER", "taskd-consumer", "reset", *rules)
+    return f"redis://taskd-consumer:pw@127.0.0.1:{server.port}/0"
+
+
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def test_full_redis_is_drained_by_an_acl_user_without_info_and_the_policy_is_said_unknown(
+    full_redis: RedisServer, taskd: DaemonFactory
+) -> None:
+    client = full_redis.client()
+    bodies = [f"t{i}" for i in range(10)]
+    client.lpush(Q, *bodies)
+    url = _consumer_user_without(full_redis, "info")
+    fill(full_redis)
+    daemon = taskd.consume(url, "--queue", Q, *HANDLER, "--worker-id", "w1")
+    wait_until(lambda: client.llen(Q) == 0, 20, "the queue drained while Redis is full")
+    wait_until(lambda: sorted(taskd.done_bodies()) == sorted(bodies), 10, "every task done")
+    assert client.exists(f"{Q}:alive:w1") == 1  # the id was taken under OOM
+    assert len(daemon.events("redis.out_of_memory")) == 1
+    unknown = daemon.events("redis.eviction_policy_unknown")
+    assert len(unknown) == 1 and "noeviction" in unknown[0]["note"]
+    assert "NOPERM" not in daemon.log_path.read_text()
