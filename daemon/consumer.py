@@ -582,6 +582,7 @@ class Consumer:
         spent = self.clock() - self._attempt_started
         if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
             self._episode_checked = False  # check the server again once we are back
+            self.memory.forget()  # full or not: unknown until Redis answers again
         delay = max(0.0, self.link.failed(exc) - spent)
         self.log.debug("redis.retry", error=str(exc), delay=round(delay, 3))
         self.progress.mark()

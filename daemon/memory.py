@@ -89,6 +89,18 @@ class MemoryState:
         else:
             self.log.info("redis.memory_ok", note="Redis accepts writes again")
 
+    def forget(self) -> None:
+        """Redis became unreachable: whether it is full is unknown now (no log line).
+
+        The next refused write after the reconnect says "out of memory" again; a stale
+        "refusing" or a gauge stuck at 1 during an outage would tell operators the wrong story.
+        """
+        if not self.full and not self.link.refusing:
+            return
+        self.full = False
+        self.link.refusing = ""
+        metrics.REDIS_OUT_OF_MEMORY.set(0)
+
 
 def report_policy(policy: str, link: Any, log: Any) -> None:
     """Publish the policy read after a (re)connect: link, gauge, one warning when unsafe

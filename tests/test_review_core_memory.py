@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import ROOT, DaemonFactory, RedisServer, wait_until
+from conftest import ROOT, DaemonFactory, RedisServer, free_port, wait_until
 
 HANDLER = ("--handler", "handlers_for_tests:record")
 Q = "task:q"  # the shipped ACL's key pattern is ~task:*
@@ -78,3 +78,32 @@ def test_full_redis_is_drained_by_an_acl_user_without_info_and_the_policy_is_sai
     unknown = daemon.events("redis.eviction_policy_unknown")
     assert len(unknown) == 1 and "noeviction" in unknown[0]["note"]
     assert "NOPERM" not in daemon.log_path.read_text()
+
+
+def _gauge(port: int, name: str) -> str:
+    return next(x for x in _metrics(port).splitlines() if x.startswith(name + " "))
+
+
+def test_full_then_unreachable_redis_is_not_reported_full_until_it_answers_full_again(
+    full_redis: RedisServer, taskd: DaemonFactory
+) -> None:
+    fill(full_redis)
+    port = free_port()
+    daemon = taskd.consume(
+        full_redis.url, "--queue", Q, *HANDLER, "--worker-id", "w1", "--metrics-port", str(port)
+    )
+    daemon.wait_for_event("redis.out_of_memory", 10)
+    assert _gauge(port, "taskd_redis_out_of_memory") == "taskd_redis_out_of_memory 1.0"
+    full_redis.kill9()
+    daemon.wait_for_event("redis.disconnected", 10)
+    wait_until(
+        lambda: _gauge(port, "taskd_redis_out_of_memory") == "taskd_redis_out_of_memory 0.0",
+        5,
+        "the OOM gauge to drop while Redis is unreachable (its memory is unknown)",
+    )
+    assert daemon.events("redis.memory_ok") == []  # nothing says it accepts writes
+    full_redis.start()  # empty again (no persistence): fill it once more
+    daemon.wait_for_event("redis.reconnected", 15)
+    fill(full_redis)
+    daemon.wait_for_event("redis.out_of_memory", 10, count=2)  # said again after the outage
+    assert _gauge(port, "taskd_redis_out_of_memory") == "taskd_redis_out_of_memory 1.0"
