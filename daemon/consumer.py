@@ -373,6 +373,8 @@ class Consumer:
                 scripted = self.memory.full and self.clock() < self._oom_probe_at
                 settled = queue.ack_and_claim_next(body, task_digest, scripted_claim=scripted)
                 self._memory_seen(queue.claim_refused_oom)
+                if queue.claim_lost:
+                    self._claim_reply_lost()
                 return settled
             return queue.ack(body), None
 
@@ -395,6 +397,16 @@ class Consumer:
                 note="a peer recovered this task while it ran (heartbeat lost?); it may run twice",
                 **fields,
             )
+
+    def _claim_reply_lost(self) -> None:
+        """The ack's reply came, the claim's did not: return the claim at the next turn.
+
+        The claim is non-blocking (LMOVE), so once the connection broke it either moved a
+        task in or never will: one reconciliation, before the next claim, settles it.
+        """
+        self.log.debug("claim.reply_uncertain", note="connection broke after the ack's reply")
+        self._reconcile_at.append(self.clock())
+        self._maintain_after = 0.0
 
     def _failed(
         self, queue: ReliableQueue, body: bytes, error: str, duration: float, trace: str

@@ -203,6 +203,10 @@ return 1
 """
 
 
+class _ReplyLost(Exception):
+    """A reply that never arrived (the connection broke after the earlier ones were read)."""
+
+
 class WorkerIdLost(RedisFatalError):
     """Another process holds our worker id: stop without touching its processing list."""
 
@@ -311,8 +315,11 @@ class ReliableQueue:
         }
         self._flagged = 0
         # After each plain claim: True when Redis refused it as out of memory, False when it
-        # was carried out; None after a scripted claim (it says nothing about memory).
+        # was carried out; None after a scripted claim or a lost reply (no news on memory).
         self.claim_refused_oom: bool | None = None
+        # After each ack_and_claim_next: True when the ack's reply came but the claim's was
+        # lost (the connection broke between them): the claim may have moved a task in.
+        self.claim_lost = False
 
     def use_allow_oom(self, flagged: bool) -> None:
         """Use the `#!lua flags=allow-oom` scripts (Redis >= 7.0; 6.2 cannot parse them)."""
@@ -369,11 +376,12 @@ class ReliableQueue:
     ) -> tuple[tuple[bool, int], bytes | None]:
         """Ack `body` and claim the next task without blocking, in one round trip.
 
-        While the queue is busy this halves the round trips per task. If the reply is lost,
-        the caller retries the ack alone (a second LREM is harmless) and the claim, if it
-        happened, is returned by the lost-reply reconciliation. `scripted_claim`: claim with
-        the allow-oom script (Redis is full); otherwise `claim_refused_oom` tells whether the
-        plain claim was refused as out of memory.
+        While the queue is busy this halves the round trips per task. If the ack's reply is
+        lost, this raises (the ack may or may not have been applied). If only the claim's
+        reply is lost, the ack's outcome is returned with no task and `claim_lost` is set:
+        the caller has the lost-reply reconciliation return the claim, if it happened.
+        `scripted_claim`: claim with the allow-oom script (Redis is full); otherwise
+        `claim_refused_oom` tells whether the plain claim was refused as out of memory.
         """
         # Two commands written at once on one pooled connection: redis-py's pipeline object
         # costs more client CPU than the round trip it saves (and a Script in a pipeline adds
@@ -385,10 +393,11 @@ class ReliableQueue:
         ack = ("EVALSHA", self._script("ack").sha, 3, *self._ack_keys)
         commands = ((*ack, body, body_digest, self.owner_record), claim)
         acked, following = self._send_pair(commands)
+        self.claim_lost = isinstance(following, _ReplyLost)
         self.claim_refused_oom = None
-        if not scripted_claim:
+        if not scripted_claim and not self.claim_lost:
             self.claim_refused_oom = isinstance(following, redis.exceptions.OutOfMemoryError)
-        if isinstance(following, Exception):  # refused (OOM, READONLY...): no claim happened
+        if isinstance(following, Exception):  # refused (OOM, READONLY...) or unknown: no task
             following = None
         if isinstance(acked, redis.exceptions.NoScriptError):  # e.g. Redis restarted
             acked = self._run("ack", self._ack_keys, [body, body_digest, self.owner_record])
@@ -399,6 +408,11 @@ class ReliableQueue:
         return (bool(removed), int(failures)), following
 
     def _send_pair(self, commands: tuple[tuple[Any, ...], ...]) -> list[Any]:
+        """Write `commands` at once, read their replies; error replies come back as values.
+
+        A connection that breaks before the first reply raises; one that breaks after it
+        yields `_ReplyLost` for each reply not read: what was read stays known.
+        """
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
@@ -409,6 +423,12 @@ class ReliableQueue:
                     replies.append(conn.read_response())
                 except redis.ResponseError as exc:  # an error reply: the connection is fine
                     replies.append(exc)
+                except Exception as exc:
+                    if not replies:
+                        raise
+                    conn.disconnect()  # a half-read reply must not reach the next caller
+                    lost = _ReplyLost(f"{type(exc).__name__}: {exc}")
+                    return replies + [lost] * (len(commands) - len(replies))
             return replies
         except BaseException:
             conn.disconnect()  # a half-read reply must not reach the next caller
