@@ -227,6 +227,7 @@ class Consumer:
         flagged = supports_script_flags(self.client)
         for queue in self.queues + self._task_heartbeat.queues:
             queue.use_allow_oom(flagged)
+        self.queues[0].preload()  # every queue runs the same scripts on the same server
         policy = eviction_policy(self.client)
         if startup and self.settings.require_noeviction and policy != SAFE_POLICY:
             found = f"maxmemory-policy is {policy}" if policy else "maxmemory-policy is unreadable"

@@ -325,6 +325,18 @@ class ReliableQueue:
         """Use the `#!lua flags=allow-oom` scripts (Redis >= 7.0; 6.2 cannot parse them)."""
         self._flagged = 1 if flagged else 0
 
+    def preload(self) -> None:
+        """Load the scripts of the form in use, in one round trip (after each (re)connect).
+
+        Otherwise the first call of each after a start or a Redis restart costs a NOSCRIPT
+        round trip (the first ack of every process among them). Best effort: a refused load
+        (NOPERM) leaves that work to the NOSCRIPT fallback.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        for forms in self._scripts.values():
+            pipe.script_load(forms[self._flagged].script)
+        pipe.execute(raise_on_error=False)
+
     def _script(self, name: str) -> Any:
         return self._scripts[name][self._flagged]
 

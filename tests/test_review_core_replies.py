@@ -106,7 +106,7 @@ def test_ack_whose_reply_arrived_is_counted_when_the_paired_claims_reply_is_lost
         f"redis://127.0.0.1:{cut.port}/0",
         *("--queue", Q, *HANDLER, "--worker-id", "w1", "--metrics-port", str(port)),
     )
-    client.lpush(Q, "warm-up")  # its ack loads the ack script
+    client.lpush(Q, "warm-up")  # the pair to cut is a later one
     wait_until(lambda: taskd.done_bodies() == ["warm-up"], 10, "the warm-up task")
     wait_until(lambda: client.llen(f"{Q}:processing:w1") == 0, 5, "nothing held")
     cut.armed.set()
@@ -124,3 +124,25 @@ def test_ack_whose_reply_arrived_is_counted_when_the_paired_claims_reply_is_lost
     assert [b for _, phase, b in taskd.records() if phase == "start"].count("second") == 1
     assert _acked_total(port) == 'taskd_tasks_acked_total{queue="jobs"} 3.0'
     assert client.llen(Q) == 0 and client.llen(f"{Q}:processing:w1") == 0
+
+
+def _noscript_errors(redis_server: RedisServer) -> int:
+    stats = redis_server.client().info("errorstats")
+    return int(stats.get("errorstat_NOSCRIPT", {}).get("count", 0))
+
+
+def test_scripts_are_loaded_before_use_at_start_and_after_a_redis_restart(
+    redis_server: RedisServer, taskd: DaemonFactory
+) -> None:
+    """No NOSCRIPT round trip for the first ack (or any script) of a process or of a server."""
+    daemon = taskd.consume(redis_server.url, "--queue", Q, *HANDLER, "--worker-id", "w1")
+    redis_server.client().lpush(Q, "one")
+    wait_until(lambda: taskd.done_bodies() == ["one"], 10, "the first task")
+    assert _noscript_errors(redis_server) == 0
+    redis_server.kill9()
+    daemon.wait_for_event("redis.disconnected", 10)
+    redis_server.start()  # an empty script cache
+    daemon.wait_for_event("redis.reconnected", 15)
+    redis_server.client().lpush(Q, "two")
+    wait_until(lambda: taskd.done_bodies() == ["one", "two"], 10, "the task after the restart")
+    assert _noscript_errors(redis_server) == 0
