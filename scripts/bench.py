@@ -743,12 +743,14 @@ def tree_mib(pid: int, field_name: str) -> float:
     return total / 1024
 
 
-def commands_total(client: redis.Redis) -> int:
-    """Calls of every command so far (INFO commandstats), less the bench's own INFO/CLIENT."""
+def command_calls(client: redis.Redis) -> dict[str, int]:
+    """Calls per command so far (INFO commandstats), less the bench's own INFO/CLIENT LIST."""
     stats: Any = client.info("commandstats")
-    return sum(
-        v["calls"] for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_client|list")
-    )
+    return {
+        k.removeprefix("cmdstat_"): int(v["calls"])
+        for k, v in stats.items()
+        if k not in ("cmdstat_info", "cmdstat_client|list")
+    }
 
 
 class Worker:
@@ -864,14 +866,23 @@ def idle(system: System, url: str, workdir: Path, args: argparse.Namespace) -> d
         try:
             wait_ready(client, worker, 15)
             time.sleep(1.0)  # start-up traffic (recovery, registration) settles
-            before, t0 = commands_total(client), time.monotonic()
+            before, t0 = command_calls(client), time.monotonic()
             time.sleep(args.idle_seconds)
-            after, t1 = commands_total(client), time.monotonic()
+            after, t1 = command_calls(client), time.monotonic()
             worker.check_alive()
             rss = tree_mib(worker.proc.pid, "VmRSS")
         finally:
             worker.stop()
-        return {"idle_rss_mib": rss, "idle_commands_per_s": (after - before) / (t1 - t0)}
+        per_command = {
+            k: round((n - before.get(k, 0)) / (t1 - t0), 2)
+            for k, n in after.items()
+            if n > before.get(k, 0)
+        }
+        return {
+            "idle_rss_mib": rss,
+            "idle_commands_per_s": sum(per_command.values()),
+            "idle_commands": per_command,
+        }
     finally:
         client.close()
 
@@ -933,7 +944,12 @@ def peers_measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[
                     )
                     if handler_name != "noop" and quick_skip:
                         continue  # --quick: the peers' sleep runs would take most of a minute
-                    got = drain(system, url, workdir, HANDLERS[handler_name], args)
+                    try:
+                        got = drain(system, url, workdir, HANDLERS[handler_name], args)
+                    except (RuntimeError, redis.RedisError) as exc:  # noted, the run goes on
+                        log(f"  run {rep}/{args.repeat} {handler_name} {system.name} failed: "
+                            f"{str(exc)[-300:]}")
+                        continue
                     rates[handler_name].setdefault(system.name, []).append(got.rate)
                     peaks[system.name] = max(peaks.get(system.name, 0.0), got.peak_rss_mib)
                     log(
@@ -944,7 +960,11 @@ def peers_measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[
         for system in runnable:
             if args.quick and system.kind not in ("taskd", "seed"):
                 continue  # --quick: idle and latency runs for taskd and the seed's loop only
-            idles[system.name] = idle(system, url, workdir, args)
+            try:
+                idles[system.name] = idle(system, url, workdir, args)
+            except (RuntimeError, redis.RedisError) as exc:  # one set-up, not the whole run
+                log(f"  idle {system.name:<15} failed: {exc}")
+                continue
             log(
                 f"  idle {system.name:<15} {idles[system.name]['idle_rss_mib']:5.1f} MiB, "
                 f"{idles[system.name]['idle_commands_per_s']:.2f} Redis commands/s"
@@ -952,7 +972,11 @@ def peers_measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[
         latencies: dict[str, dict[str, float]] = {}
         for system in runnable:
             if system.name in LATENCY_SYSTEMS:
-                latencies[system.name] = latency(system, url, workdir, args)
+                try:
+                    latencies[system.name] = latency(system, url, workdir, args)
+                except (RuntimeError, redis.RedisError) as exc:
+                    log(f"  latency {system.name:<12} failed: {exc}")
+                    continue
                 log(
                     f"  latency {system.name:<12} p50 {latencies[system.name]['p50_ms']:.2f} ms"
                     f", p99 {latencies[system.name]['p99_ms']:.2f} ms at 200 tasks/s"
@@ -1058,7 +1082,8 @@ def peers_print(result: dict[str, Any]) -> None:
         print()
     print("idle Redis commands/s per consumer (INFO commandstats)")
     for name, values in result["idle"].items():
-        print(f"  {name:<15} {values['idle_commands_per_s']:8.2f}")
+        which = ", ".join(f"{k} {v:g}" for k, v in sorted(values["idle_commands"].items()))
+        print(f"  {name:<15} {values['idle_commands_per_s']:8.2f}  {which}")
     print("\nend-to-end latency at 200 tasks/s")
     for name, values in result["latency_at_200_per_s"].items():
         print(f"  {name:<15} p50 {values['p50_ms']:7.2f} ms   p99 {values['p99_ms']:7.2f} ms")
@@ -1093,6 +1118,7 @@ def peers_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--handler", nargs="*", default=[], choices=list(HANDLERS),
                         help="only these handlers (default both)")
     parser.add_argument("--json", action="store_true", help="print one JSON document only")
+    parser.add_argument("--save", default="", metavar="PATH", help="also write the JSON here")
     parser.add_argument("--pin", default="", metavar="CPUS", help="run everything on these CPUs")
     args = parser.parse_args(argv)
     if args.quick:
@@ -1133,6 +1159,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line, exit 1: the benchmark itself failed
         print(f"bench failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    if args.save:
+        Path(args.save).write_text(json.dumps(result, indent=2) + "\n")
     if args.json:
         print(json.dumps(result, indent=2))
     else:

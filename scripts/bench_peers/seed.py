@@ -16,7 +16,7 @@ from bench_peers.taskd_handlers import task
 def main() -> None:
     """Pop and handle forever (the harness stops it with SIGTERM)."""
     url, queue = sys.argv[1], sys.argv[2]
-    r = redis.Redis.from_url(url)
+    r = redis.Redis.from_url(url, socket_timeout=None)  # blpop(q, 0): wait forever
     while True:
         body = r.blpop([queue], 0)[1]
         task(body)
