@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,9 +70,14 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def checkout(tmp_path: Path) -> Iterator[Path]:
-    """A fresh `git clone` of this repository, its .venv a symlink to the real one."""
-    dest = tmp_path / "taskd"
+def checkout() -> Iterator[Path]:
+    """A fresh `git clone` of this repository, its .venv a symlink to the real one.
+
+    In a short folder of its own: supervisord's socket path (conf/../var/run/supervisor.sock)
+    must fit AF_UNIX's 107 bytes, which pytest's per-test temp folders under xdist do not.
+    """
+    short = Path(tempfile.mkdtemp(prefix="tdc-", dir="/tmp"))
+    dest = short / "taskd"
     subprocess.run(
         ["git", "clone", "-q", "--no-hardlinks", str(ROOT), str(dest)],
         check=True,
@@ -79,7 +86,10 @@ def checkout(tmp_path: Path) -> Iterator[Path]:
     )
     (dest / ".venv").symlink_to(VENV_BIN.parent)
     move_to_free_ports(dest / "conf" / "supervisord.conf")
-    yield dest
+    try:
+        yield dest
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
 
 
 def test_supervisord_started_by_hand_from_a_fresh_clone_runs_every_program(checkout: Path) -> None:
