@@ -4,7 +4,8 @@ taskd's own events take structlog's fast path: a filtering bound logger made for
 level (a call below it is a bare ``return None``), the processors run in the caller, the line
 serialised by orjson (json when orjson is missing) and written as bytes to the stream's buffer,
 one write and one flush per line. No stdlib ``LogRecord``, handler or formatter is involved, so
-the per-task ``task.done`` line costs a few microseconds instead of ~80. The stdlib route stays
+the per-task ``task.done`` line costs 10-18 µs instead of ~90 (docs/benchmarks.md; the write(2)
+is 2-3 µs of it) and ~0.4 µs below the level. The stdlib route stays
 for third-party libraries' records (redis-py, gunicorn, werkzeug): they go through a
 ``logging.StreamHandler`` on the same stream, rendered by the same processors into the same
 line format, under the same lock, so every line of a taskd process is one JSON object that
