@@ -48,4 +48,5 @@ bench-loops: setup
 	$(BIN)/python scripts/bench.py --loops --tasks 20000 --repeat 5 --more --pin 1
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	find var -mindepth 2 ! -name .gitkeep -delete  # var/log, var/run, var/redis stay (supervisord)
