@@ -626,6 +626,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"queue {row.queue}: pending {row.pending}  processing {row.processing}  "
             f"delayed {row.delayed}  dead {row.dead}"
         )
+        if row.oldest_age_seconds is not None:
+            print(f"  oldest pending task: {row.oldest_age_seconds:.1f} s")
         for w in row.workers:
             state = "alive" if w["alive"] else "DEAD (tasks will be recovered)"
             print(f"  worker {w['worker']}: {state}, holding {w['processing']}")

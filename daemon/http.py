@@ -122,8 +122,18 @@ class QueueDepthCollector(Collector):
             for state in _STATES:
                 depth.add_metric([st.queue, state], getattr(st, state))
             alive.add_metric([st.queue], sum(1 for w in st.workers if w["alive"]))
+        oldest = GaugeMetricFamily(
+            "taskd_queue_oldest_task_age_seconds",
+            "Seconds since the oldest pending task was enqueued (only for tasks stamped by "
+            "taskd's producers; absent when the queue is empty or the age is unknown)",
+            labels=["queue"],
+        )
+        for st in rows:
+            if st.oldest_age_seconds is not None:
+                oldest.add_metric([st.queue], st.oldest_age_seconds)
         yield depth
         yield alive
+        yield oldest
         errors = CounterMetricFamily(
             "taskd_queue_depth_scrape_errors",
             "Scrapes whose queue-depth read failed or missed its deadline",

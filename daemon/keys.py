@@ -61,6 +61,15 @@ class QueueKeys:
         return f"{self.queue}:delayed"
 
     @property
+    def stamps(self) -> str:
+        """Sorted set of enqueue times (Redis clock) by task digest, written by taskd's producers.
+
+        Member = SHA-1 hex of the body (as Q:attempts), so identical bodies share one stamp;
+        it is what `taskd status` and the metrics read the oldest pending task's age from.
+        """
+        return f"{self.queue}:stamps"
+
+    @property
     def dead(self) -> str:
         """List of dead letters (JSON documents)."""
         return f"{self.queue}:dead"
@@ -70,5 +79,5 @@ class QueueKeys:
 
         A second queue by such a name would consume this queue's dead letters, retries...
         """
-        own = (self.workers, self.attempts, self.delayed, self.dead)
+        own = (self.workers, self.attempts, self.delayed, self.dead, self.stamps)
         return key in own or key.startswith((self.processing_prefix, f"{self.queue}:alive:"))

@@ -1,7 +1,7 @@
 """Putting tasks into Redis: the same keys and deadlines the consumers use.
 
-Producers only LPUSH onto the queue (as the seed's producers did), so any existing producer
-keeps working next to these functions.
+Producers LPUSH onto the queue (as the seed's producers did; here inside a script that also
+stamps the enqueue time), so any existing producer keeps working next to these functions.
 
 With `wait_replicas`, each push is followed by `WAIT n timeout` on the same connection (one
 pipeline, so a pooled client cannot send the WAIT on another connection, where it would count
@@ -15,6 +15,16 @@ the consumers' retries use: member = a random token of TOKEN_CHARS hex character
 score = the due time on Redis's clock (TIME inside the script, so a producer whose clock is off
 still schedules right). Every consumer's promote step moves due members back to the pending
 list, where they are claimed next. This needs EVALSHA (and SCRIPT LOAD), TIME, ZADD and ZCARD.
+
+Enqueue stamps: enqueue, enqueue_many and enqueue_delayed also record when each task was
+enqueued, in the queue's stamps set (``Q:stamps``: member = SHA-1 of the body, score = Redis's
+TIME; a delayed task is stamped with its due time), in the same script as the push, so the
+body handlers receive is unchanged. `taskd status` and the consumers' metrics read the age of
+the oldest pending task from it. ZADD NX: identical bodies share one stamp, the earliest.
+Stamps older than STAMP_KEEP are dropped by the same script, so the stamps of tasks removed
+by hand (DEL, LREM) do not pile up. A push costs one EVALSHA instead of one LPUSH (plus
+ZADD and ZREMRANGEBYSCORE rights); producers that LPUSH by themselves still work, their
+tasks just have no age. `publish --durable` is not stamped.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.keys import QueueKeys, durable_queue
-from daemon.reliable import TOKEN_BYTES
+from daemon.reliable import TOKEN_BYTES, digest
 
 BATCH = 1000
 MAX_DELAY = 365 * 86400.0  # a year: longer is a mistake, and stays far inside a double's precision
@@ -35,13 +45,36 @@ DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)?")
 DELAY_EXPECTED = "a duration >= 0 such as 500ms, 30s, 5m, 1h or plain seconds, at most a year"
 
-# Schedule tasks on Redis's clock: all members of one call share one due time.
-_ADD_DELAYED = """
--- KEYS: delayed   ARGV: delay (seconds), member...
+# Stamps older than this are dropped at each push: a week, far beyond any queue that drains.
+STAMP_KEEP = 7 * 86400.0
+
+# Push and stamp on Redis's clock, in one step; ARGV holds n bodies, then their n digests.
+# The bodies go in one LPUSH (the first given is consumed first, as with a plain LPUSH).
+_PUSH = """
+-- KEYS: pending, stamps   ARGV: keep (seconds), n, body x n, digest x n
 local t = redis.call('TIME')
-local due = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[1])
-for i = 2, #ARGV do
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local n = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - tonumber(ARGV[1])))
+local depth = redis.call('LPUSH', KEYS[1], unpack(ARGV, 3, 2 + n))
+for i = 3 + n, 2 + 2 * n do
+  redis.call('ZADD', KEYS[2], 'NX', now, ARGV[i])
+end
+return depth
+"""
+
+# Schedule tasks on Redis's clock: all members of one call share one due time, which is
+# also their enqueue stamp (a task is pending, and ages, from when it is due).
+_ADD_DELAYED = """
+-- KEYS: delayed, stamps   ARGV: delay (seconds), keep (seconds), n, member x n, digest x n
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local due = now + tonumber(ARGV[1])
+local n = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - tonumber(ARGV[2])))
+for i = 4, 3 + n do
   redis.call('ZADD', KEYS[1], due, ARGV[i])
+  redis.call('ZADD', KEYS[2], 'NX', due, ARGV[i + n])
 end
 return {redis.call('ZCARD', KEYS[1]), tostring(due)}
 """
@@ -127,16 +160,19 @@ def wait_ms(timeout: float) -> int:
 
 
 def _push_and_wait(
-    client: Any, key: str, batch: list[bytes], wait_replicas: int, wait_timeout: float
+    client: Any, queue: str, batch: list[bytes], wait_replicas: int, wait_timeout: float
 ) -> int:
-    """LPUSH `batch`, then WAIT on the same connection; the depth after the push.
+    """LPUSH `batch` and stamp it (one script), then WAIT on the same connection; the depth.
 
     Raises ReplicasNotConfirmed (with pushed=len(batch)) when fewer replicas confirm.
     """
+    script = client.register_script(_PUSH)
+    keys = QueueKeys(queue)
+    args = [repr(STAMP_KEEP), len(batch), *batch, *(digest(b) for b in batch)]
     if not wait_replicas:
-        return int(client.lpush(key, *batch))
+        return int(script(keys=[keys.pending, keys.stamps], args=args))
     pipe = client.pipeline(transaction=False)
-    pipe.lpush(key, *batch)
+    script(keys=[keys.pending, keys.stamps], args=args, client=pipe)
     pipe.wait(wait_replicas, wait_ms(wait_timeout))
     depth, confirmed = pipe.execute()
     if int(confirmed) < wait_replicas:
@@ -158,7 +194,8 @@ def _schedule_and_wait(
     """
     members = [os.urandom(TOKEN_BYTES).hex().encode("ascii") + body for body in batch]
     script = client.register_script(_ADD_DELAYED)
-    keys, args = [QueueKeys(queue).delayed], [repr(delay), *members]
+    keys = [QueueKeys(queue).delayed, QueueKeys(queue).stamps]
+    args = [repr(delay), repr(STAMP_KEEP), len(batch), *members, *(digest(b) for b in batch)]
     if not wait_replicas:
         size, due = script(keys=keys, args=args)
         return Scheduled(int(size), float(due), delay)
@@ -212,8 +249,7 @@ def enqueue(
         return _schedule_and_wait(
             client, queue, batch, seconds, wait_replicas, wait_timeout
         ).delayed
-    key = QueueKeys(queue).pending
-    return _push_and_wait(client, key, [_as_bytes(body)], wait_replicas, wait_timeout)
+    return _push_and_wait(client, queue, [_as_bytes(body)], wait_replicas, wait_timeout)
 
 
 def enqueue_many(
@@ -226,23 +262,23 @@ def enqueue_many(
 ) -> int:
     """Push tasks in order (the first given is consumed first), in pipelined batches.
 
-    Returns how many were pushed. Each batch is one LPUSH: all of it is stored or none (on a
-    timeout, unknown). Anything that stops it mid-way raises PushStopped saying how many were
-    pushed before; with `wait_replicas`, an unconfirmed batch stops it too (counted as pushed).
+    Returns how many were pushed. Each batch is one script call (LPUSH and stamps): all of it
+    is stored or none (on a timeout, unknown). Anything that stops it mid-way raises
+    PushStopped saying how many were pushed before; with `wait_replicas`, an unconfirmed
+    batch stops it too (counted as pushed).
     With `delay` > 0 each batch goes into the delayed set instead (one script call), due
     `delay` after that batch was stored; tasks due together run in no guaranteed order.
     A bad delay raises ValueError before anything is sent.
     """
     seconds = 0.0 if delay is None else parse_delay(delay)
     pushed = 0
-    key = QueueKeys(queue).pending
     try:
         for batch in _batches(bodies, BATCH):
             try:
                 if seconds > 0:
                     _schedule_and_wait(client, queue, batch, seconds, wait_replicas, wait_timeout)
                 else:
-                    _push_and_wait(client, key, batch, wait_replicas, wait_timeout)
+                    _push_and_wait(client, queue, batch, wait_replicas, wait_timeout)
             except ReplicasNotConfirmed as exc:
                 pushed += exc.pushed
                 raise

@@ -5,6 +5,11 @@ MULTI transaction), so a crash between two commands can never leave a task in no
 The task body is stored exactly as the producer pushed it; the attempt counter of a task is
 kept under the SHA-1 of its body (two tasks with identical bodies share one counter).
 
+Enqueue stamps (``Q:stamps``, written by daemon.producer, member = the same SHA-1): a task
+that leaves for good (acked, dead-lettered) takes its stamp with it, inside the same script;
+retries, promotion and recovery keep it (the age counts from the first enqueue); a requeued
+dead letter is stamped anew. Identical bodies share one stamp, as they share one counter.
+
 Redis full (maxmemory reached, noeviction): every script only moves or removes data, or adds
 a bounded few bytes (an attempt counter, a delayed-set token, a dead-letter document whose
 error text is capped), so they may run when Redis refuses writes: on Redis >= 7 they are
@@ -86,15 +91,16 @@ if ARGV[2] == '1' then redis.call('ZREM', KEYS[6], ARGV[4]) end
 return {returned, doomed}
 """
 
-# Ack: the task leaves the processing list, its attempt counter is dropped; returns whether
-# it was still ours and how many attempts had failed before.
+# Ack: the task leaves the processing list, its attempt counter and enqueue stamp are
+# dropped; returns whether it was still ours and how many attempts had failed before.
 _ACK = (
-    "-- KEYS: processing, attempts, alive   ARGV: body, digest, owner"
+    "-- KEYS: processing, attempts, alive, stamps   ARGV: body, digest, owner"
     + _OWNED.format(alive=3, owner=3)
     + """
 local failures = redis.call('HGET', KEYS[2], ARGV[2])
 local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
 if failures then redis.call('HDEL', KEYS[2], ARGV[2]) end
+if removed == 1 then redis.call('ZREM', KEYS[4], ARGV[2]) end
 return {removed, tonumber(failures) or 0}
 """
 )
@@ -104,7 +110,7 @@ return {removed, tonumber(failures) or 0}
 # final count). Nothing happens when the task is no longer in the processing list, so the
 # count can never be taken twice for one failure.
 _FAIL = (
-    """-- KEYS: processing, attempts, delayed, dead, alive
+    """-- KEYS: processing, attempts, delayed, dead, alive, stamps
 -- ARGV: body, digest, max_attempts, retry_base, retry_cap, token, entry (JSON), owner"""
     + _OWNED.format(alive=5, owner=8)
     + """
@@ -115,6 +121,7 @@ if n >= tonumber(ARGV[3]) then
   doc['attempts'] = n
   redis.call('LPUSH', KEYS[4], cjson.encode(doc))
   redis.call('HDEL', KEYS[2], ARGV[2])
+  redis.call('ZREM', KEYS[6], ARGV[2])
   return {1, n, '0'}
 end
 local delay = math.min(tonumber(ARGV[5]), tonumber(ARGV[4]) * 2 ^ (n - 1))
@@ -126,12 +133,13 @@ return {0, n, tostring(delay)}
 )
 
 _DEAD_LETTER = (
-    "-- KEYS: processing, dead, attempts, alive   ARGV: body, entry, digest, owner"
+    "-- KEYS: processing, dead, attempts, alive, stamps   ARGV: body, entry, digest, owner"
     + _OWNED.format(alive=4, owner=4)
     + """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return {0} end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 redis.call('HDEL', KEYS[3], ARGV[3])
+redis.call('ZREM', KEYS[5], ARGV[3])
 return {1}
 """
 )
@@ -148,10 +156,13 @@ end
 return #due
 """
 
+# Back from the dead letters: pending again from now on (stamped anew, Redis's clock).
 _REQUEUE_DEAD = """
--- KEYS: dead, pending   ARGV: entry, body
+-- KEYS: dead, pending, stamps   ARGV: entry, body, digest
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 redis.call('LPUSH', KEYS[2], ARGV[2])
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[3], 'NX', tonumber(t[1]) + tonumber(t[2]) / 1000000, ARGV[3])
 return 1
 """
 
@@ -297,6 +308,7 @@ class ReliableQueue:
         self.owner = owner or Owner.current()
         self.owner_record = self.owner.encode()
         self._ack_keys = [self.processing, self.keys.attempts, self.alive_key]
+        self._ack_keys.append(self.keys.stamps)
         # Each script in two forms: plain (any server) and declared allow-oom (Redis >= 7).
         self._scripts = {
             name: (client.register_script(text), client.register_script(ALLOW_OOM + text))
@@ -402,7 +414,7 @@ class ReliableQueue:
         claim: tuple[Any, ...] = ("LMOVE", self.keys.pending, self.processing, "RIGHT", "LEFT")
         if scripted_claim:
             claim = ("EVALSHA", self._script("claim").sha, 2, self.keys.pending, self.processing)
-        ack = ("EVALSHA", self._script("ack").sha, 3, *self._ack_keys)
+        ack = ("EVALSHA", self._script("ack").sha, len(self._ack_keys), *self._ack_keys)
         commands = ((*ack, body, body_digest, self.owner_record), claim)
         acked, following = self._send_pair(commands)
         self.claim_lost = isinstance(following, _ReplyLost)
@@ -462,6 +474,7 @@ class ReliableQueue:
             self.keys.delayed,
             self.keys.dead,
             self.alive_key,
+            self.keys.stamps,
         ]
         token = os.urandom(TOKEN_BYTES).hex()
         args: list[Any] = [body, digest(body), max_attempts, retry_base, retry_cap, token, entry]
@@ -474,6 +487,7 @@ class ReliableQueue:
     def dead_letter(self, body: bytes, entry: bytes) -> bool:
         """Move the task from the processing list to the dead letters; False if it was gone."""
         keys = [self.processing, self.keys.dead, self.keys.attempts, self.alive_key]
+        keys.append(self.keys.stamps)
         reply = self._run("dead", keys, [body, entry, digest(body), self.owner_record])
         self._check_owned(reply)
         return bool(reply[0])
@@ -580,4 +594,5 @@ class ReliableQueue:
 
     def requeue_dead(self, entry: bytes, body: bytes) -> bool:
         """Move one dead letter back to the pending list as its original body."""
-        return bool(self._run("requeue_dead", [self.keys.dead, self.keys.pending], [entry, body]))
+        keys = [self.keys.dead, self.keys.pending, self.keys.stamps]
+        return bool(self._run("requeue_dead", keys, [entry, body, digest(body)]))

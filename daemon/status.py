@@ -5,6 +5,12 @@ keyspace: a read costs two pipelined round trips for any number of queues, whate
 database holds. (A processing list whose worker is not registered is invisible to peer
 recovery too; taskd never leaves one: a worker registers before its first claim and is
 forgotten only once its list is empty.)
+
+The age of the oldest pending task is the head of the pending list (``LINDEX Q -1``:
+consumers take from the right) looked up in the stamps set taskd's producers write
+(``ZSCORE Q:stamps sha1(head)``), against Redis's TIME in the same round trip. None when the
+queue is empty or the head has no stamp (pushed by a plain LPUSH producer, or stamped more
+than a week ago): an unknown age is never reported as 0.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from daemon.keys import QueueKeys
-from daemon.reliable import parse_dead_letter
+from daemon.reliable import digest, parse_dead_letter
 
 # Workers read per queue and read: bounds one read's size even when dead workers pile up
 # (peers forget them on recovery): the most recently seen are read.
@@ -34,17 +40,34 @@ class QueueStatus:
     # Redis's maxmemory-policy ("" = could not be read); a warning when it can lose tasks.
     eviction_policy: str = ""
     eviction_warning: str = ""
+    # Seconds since the oldest pending task was enqueued (None: empty queue, or not stamped).
+    oldest_age_seconds: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8")
 
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
+_FIRST = 5  # replies per queue in the first round trip
+
+
+def _age(score: Any, now: Any) -> float | None:
+    """Seconds from a stamp's score to Redis's TIME reply; None when there is no stamp."""
+    if score is None:
+        return None
+    seconds, micros = now
+    return max(0.0, round(int(seconds) + int(micros) / 1e6 - float(score), 3))
+
+
 def queue_statuses(client: Any, queues: Sequence[str]) -> list[QueueStatus]:
-    """Depths and workers of `queues` in two round trips (see the module docstring)."""
+    """Depths, workers and oldest-task ages of `queues` in two round trips (module docstring)."""
     pipe = client.pipeline(transaction=False)
     for queue in queues:
         keys = QueueKeys(queue)
@@ -52,18 +75,27 @@ def queue_statuses(client: Any, queues: Sequence[str]) -> list[QueueStatus]:
         pipe.zcard(keys.delayed)
         pipe.llen(keys.dead)
         pipe.zrange(keys.workers, -MAX_WORKERS, -1, withscores=True)  # newest; ZRANGE only (ACL)
+        pipe.lindex(keys.pending, -1)  # the oldest pending task, the next one claimed
     first = pipe.execute() if queues else []
     registered: list[list[tuple[str, float]]] = [
-        sorted((_text(w), float(score)) for w, score in first[4 * i + 3])
+        sorted((_text(w), float(score)) for w, score in first[_FIRST * i + 3])
         for i in range(len(queues))
     ]
+    heads: list[bytes | None] = [first[_FIRST * i + 4] for i in range(len(queues))]
     pipe = client.pipeline(transaction=False)
-    for queue, workers in zip(queues, registered, strict=True):
+    for queue, workers, head in zip(queues, registered, heads, strict=True):
         keys = QueueKeys(queue)
         for name, _ in workers:
             pipe.exists(keys.alive(name))
             pipe.llen(keys.processing(name))
-    answers = iter(pipe.execute() if any(registered) else [])
+        if head is not None:
+            pipe.zscore(keys.stamps, digest(_bytes(head)))
+    stamped = any(h is not None for h in heads)
+    if stamped:
+        pipe.time()
+    replies = pipe.execute() if any(registered) or stamped else []
+    now = replies[-1] if stamped else None
+    answers = iter(replies)
     rows: list[QueueStatus] = []
     for i, (queue, workers) in enumerate(zip(queues, registered, strict=True)):
         table: list[dict[str, Any]] = [
@@ -75,7 +107,8 @@ def queue_statuses(client: Any, queues: Sequence[str]) -> list[QueueStatus]:
             }
             for name, seen in workers
         ]
-        pending, delayed, dead = first[4 * i : 4 * i + 3]
+        age = _age(next(answers), now) if heads[i] is not None else None
+        pending, delayed, dead = first[_FIRST * i : _FIRST * i + 3]
         rows.append(
             QueueStatus(
                 queue=queue,
@@ -84,6 +117,7 @@ def queue_statuses(client: Any, queues: Sequence[str]) -> list[QueueStatus]:
                 delayed=int(delayed),
                 dead=int(dead),
                 workers=table,
+                oldest_age_seconds=age,
             )
         )
     return rows
