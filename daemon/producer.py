@@ -21,8 +21,9 @@ enqueued, in the queue's stamps set (``Q:stamps``: member = SHA-1 of the body, s
 TIME; a delayed task is stamped with its due time), in the same script as the push, so the
 body handlers receive is unchanged. `taskd status` and the consumers' metrics read the age of
 the oldest pending task from it. ZADD NX: identical bodies share one stamp, the earliest.
-Stamps older than STAMP_KEEP are dropped by the same script, so the stamps of tasks removed
-by hand (DEL, LREM) do not pile up. A push costs one EVALSHA instead of one LPUSH (plus
+Stamps older than STAMP_KEEP are dropped by the same script (at about one push in TRIM_EVERY,
+and at every batch of enqueue_many), so the stamps of tasks removed by hand (DEL, LREM) do
+not pile up. A push costs one EVALSHA instead of one LPUSH (plus
 ZADD and ZREMRANGEBYSCORE rights); producers that LPUSH by themselves still work, their
 tasks just have no age. `publish --durable` is not stamped.
 """
@@ -48,18 +49,28 @@ DELAY_EXPECTED = "a duration >= 0 such as 500ms, 30s, 5m, 1h or plain seconds, a
 # Stamps older than this are dropped at each push: a week, far beyond any queue that drains.
 STAMP_KEEP = 7 * 86400.0
 
+# A push trims old stamps with probability n / TRIM_EVERY (every batch of enqueue_many): the
+# trim is a third of a single push's Redis CPU, and a stale stamp only has to go eventually.
+TRIM_EVERY = 64
+
 # Push and stamp on Redis's clock, in one step; ARGV holds n bodies, then their n digests.
-# The bodies go in one LPUSH (the first given is consumed first, as with a plain LPUSH).
+# The bodies go in one LPUSH (the first given is consumed first, as with a plain LPUSH), the
+# stamps in one ZADD; the score stays TIME's text (cheaper than formatting a Lua number).
 _PUSH = """
--- KEYS: pending, stamps   ARGV: keep (seconds), n, body x n, digest x n
+-- KEYS: pending, stamps   ARGV: keep (seconds, or '' not to trim now), n, body x n, digest x n
 local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 local n = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - tonumber(ARGV[1])))
-local depth = redis.call('LPUSH', KEYS[1], unpack(ARGV, 3, 2 + n))
-for i = 3 + n, 2 + 2 * n do
-  redis.call('ZADD', KEYS[2], 'NX', now, ARGV[i])
+if ARGV[1] ~= '' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (tonumber(now) - tonumber(ARGV[1])))
 end
+local depth = redis.call('LPUSH', KEYS[1], unpack(ARGV, 3, 2 + n))
+local pairs = {}
+for i = 3 + n, 2 + 2 * n do
+  pairs[#pairs + 1] = now
+  pairs[#pairs + 1] = ARGV[i]
+end
+redis.call('ZADD', KEYS[2], 'NX', unpack(pairs))
 return depth
 """
 
@@ -168,7 +179,8 @@ def _push_and_wait(
     """
     script = client.register_script(_PUSH)
     keys = QueueKeys(queue)
-    args = [repr(STAMP_KEEP), len(batch), *batch, *(digest(b) for b in batch)]
+    trim = os.urandom(1)[0] * TRIM_EVERY < 256 * len(batch)  # probability len(batch) / 64
+    args = [repr(STAMP_KEEP) if trim else "", len(batch), *batch, *(digest(b) for b in batch)]
     if not wait_replicas:
         return int(script(keys=[keys.pending, keys.stamps], args=args))
     pipe = client.pipeline(transaction=False)

@@ -134,12 +134,14 @@ def test_a_delayed_task_ages_from_its_due_time_and_old_stamps_are_trimmed(
     redis_server: RedisServer, taskd: DaemonFactory
 ) -> None:
     client: Any = redis_server.client()
+    client.zadd(STAMPS, {"leaked": 1.0})  # a task removed by hand a long time ago
     scheduled = producer.enqueue_delayed(client, QUEUE, "later", 3600)
     assert abs(client.zscore(STAMPS, digest(b"later")) - scheduled.due_at) < 0.001
-    client.zadd(STAMPS, {"leaked": 1.0})  # a task removed by hand a long time ago
-    producer.enqueue(client, QUEUE, "now")
     assert client.zscore(STAMPS, "leaked") is None
-    assert client.zcard(STAMPS) == 2
+    client.zadd(STAMPS, {"leaked": 1.0})
+    producer.enqueue_many(client, QUEUE, [f"now {i}" for i in range(producer.TRIM_EVERY)])
+    assert client.zscore(STAMPS, "leaked") is None  # a batch of TRIM_EVERY always trims
+    assert client.zcard(STAMPS) == 1 + producer.TRIM_EVERY
 
 
 def test_the_acl_users_can_stamp_read_and_clear(tmp_path: Path, taskd: DaemonFactory) -> None:
