@@ -50,43 +50,47 @@ DELAY_EXPECTED = "a duration >= 0 such as 500ms, 30s, 5m, 1h or plain seconds, a
 STAMP_KEEP = 7 * 86400.0
 
 # A push trims old stamps with probability n / TRIM_EVERY (every batch of enqueue_many): the
-# trim is a third of a single push's Redis CPU, and a stale stamp only has to go eventually.
+# trim costs about as much Redis CPU as the rest of a single push, and a stale stamp only has
+# to go eventually.
 TRIM_EVERY = 64
 
 # Push and stamp on Redis's clock, in one step; ARGV holds n bodies, then their n digests.
 # The bodies go in one LPUSH (the first given is consumed first, as with a plain LPUSH), the
 # stamps in one ZADD; the score stays TIME's text (cheaper than formatting a Lua number).
+# The LPUSH is the first write: a full Redis refuses it (the trim, a removal, would otherwise
+# let a plain script go on writing under OOM).
 _PUSH = """
 -- KEYS: pending, stamps   ARGV: keep (seconds, or '' not to trim now), n, body x n, digest x n
 local t = redis.call('TIME')
 local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 local n = tonumber(ARGV[2])
+local depth = redis.call('LPUSH', KEYS[1], unpack(ARGV, 3, 2 + n))
+local stamps = {}
+for i = 3 + n, 2 + 2 * n do
+  stamps[#stamps + 1] = now
+  stamps[#stamps + 1] = ARGV[i]
+end
+redis.call('ZADD', KEYS[2], 'NX', unpack(stamps))
 if ARGV[1] ~= '' then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (tonumber(now) - tonumber(ARGV[1])))
 end
-local depth = redis.call('LPUSH', KEYS[1], unpack(ARGV, 3, 2 + n))
-local pairs = {}
-for i = 3 + n, 2 + 2 * n do
-  pairs[#pairs + 1] = now
-  pairs[#pairs + 1] = ARGV[i]
-end
-redis.call('ZADD', KEYS[2], 'NX', unpack(pairs))
 return depth
 """
 
 # Schedule tasks on Redis's clock: all members of one call share one due time, which is
-# also their enqueue stamp (a task is pending, and ages, from when it is due).
+# also their enqueue stamp (a task is pending, and ages, from when it is due). The trim
+# comes last, as in _PUSH.
 _ADD_DELAYED = """
 -- KEYS: delayed, stamps   ARGV: delay (seconds), keep (seconds), n, member x n, digest x n
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local due = now + tonumber(ARGV[1])
 local n = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - tonumber(ARGV[2])))
 for i = 4, 3 + n do
   redis.call('ZADD', KEYS[1], due, ARGV[i])
   redis.call('ZADD', KEYS[2], 'NX', due, ARGV[i + n])
 end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - tonumber(ARGV[2])))
 return {redis.call('ZCARD', KEYS[1]), tostring(due)}
 """
 

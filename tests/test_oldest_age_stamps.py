@@ -13,6 +13,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+import redis
 from test_security import _acl_server
 
 from conftest import Daemon, DaemonFactory, RedisServer, free_port, wait_until
@@ -161,3 +163,22 @@ def test_the_acl_users_can_stamp_read_and_clear(tmp_path: Path, taskd: DaemonFac
         assert _status(taskd, web)["oldest_age_seconds"] is not None
     finally:
         server.stop()
+
+
+def test_a_full_redis_refuses_a_stamped_push_even_when_it_trims(
+    redis_server: RedisServer,
+) -> None:
+    """The trim is a removal: run first, it would let a plain script push under OOM."""
+    client: Any = redis_server.client()
+    client.zadd(STAMPS, {"leaked": 1.0})
+    client.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(producer.PushStopped) as stopped:
+            producer.enqueue_many(client, QUEUE, ["x"] * producer.TRIM_EVERY)  # always trims
+        assert isinstance(stopped.value.cause, redis.exceptions.OutOfMemoryError)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            producer.enqueue_delayed(client, QUEUE, "later", 60)
+    finally:
+        client.config_set("maxmemory", "0")
+    assert client.llen(QUEUE) == 0 and client.zcard(f"{QUEUE}:delayed") == 0
+    assert client.zrange(STAMPS, 0, -1) == [b"leaked"]
