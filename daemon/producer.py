@@ -59,6 +59,8 @@ TRIM_EVERY = 64
 # stamps in one ZADD; the score stays TIME's text (cheaper than formatting a Lua number).
 # The LPUSH is the first write: a full Redis refuses it (the trim, a removal, would otherwise
 # let a plain script go on writing under OOM).
+# The trim is a pcall: a producer ACL user set up before stamps (no +zremrangebyscore) must
+# not see an error for a push that is stored (it would push again: a duplicate).
 _PUSH = """
 -- KEYS: pending, stamps   ARGV: keep (seconds, or '' not to trim now), n, body x n, digest x n
 local t = redis.call('TIME')
@@ -72,7 +74,7 @@ for i = 3 + n, 2 + 2 * n do
 end
 redis.call('ZADD', KEYS[2], 'NX', unpack(stamps))
 if ARGV[1] ~= '' then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (tonumber(now) - tonumber(ARGV[1])))
+  redis.pcall('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (tonumber(now) - tonumber(ARGV[1])))
 end
 return depth
 """
@@ -90,7 +92,7 @@ for i = 4, 3 + n do
   redis.call('ZADD', KEYS[1], due, ARGV[i])
   redis.call('ZADD', KEYS[2], 'NX', due, ARGV[i + n])
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - tonumber(ARGV[2])))
+redis.pcall('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - tonumber(ARGV[2])))
 return {redis.call('ZCARD', KEYS[1]), tostring(due)}
 """
 

@@ -15,7 +15,7 @@ than a week ago): an unknown age is never reported as 0.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -58,9 +58,27 @@ def _text(value: bytes | str) -> str:
 _FIRST = 5  # replies per queue in the first round trip
 
 
+def _replies(pipe: Any, optional: Callable[[int], bool]) -> list[Any]:
+    """The pipeline's replies; an error raises unless it is the reply of an `optional` command.
+
+    The age's commands (LINDEX, ZSCORE, TIME) are optional: an ACL user set up before taskd
+    read ages (no +lindex +zscore) still gets its depths, and the age is unknown.
+    """
+    replies = pipe.execute(raise_on_error=False)
+    for n, reply in enumerate(replies):
+        if isinstance(reply, Exception) and not optional(n):
+            raise reply
+    return list(replies)
+
+
+def _known(reply: Any) -> Any:
+    """A reply, or None in place of an error reply (an optional command refused)."""
+    return None if isinstance(reply, Exception) else reply
+
+
 def _age(score: Any, now: Any) -> float | None:
     """Seconds from a stamp's score to Redis's TIME reply; None when there is no stamp."""
-    if score is None:
+    if score is None or now is None:
         return None
     seconds, micros = now
     return max(0.0, round(int(seconds) + int(micros) / 1e6 - float(score), 3))
@@ -76,25 +94,28 @@ def queue_statuses(client: Any, queues: Sequence[str]) -> list[QueueStatus]:
         pipe.llen(keys.dead)
         pipe.zrange(keys.workers, -MAX_WORKERS, -1, withscores=True)  # newest; ZRANGE only (ACL)
         pipe.lindex(keys.pending, -1)  # the oldest pending task, the next one claimed
-    first = pipe.execute() if queues else []
+    first = _replies(pipe, optional=lambda n: n % _FIRST == 4) if queues else []
     registered: list[list[tuple[str, float]]] = [
         sorted((_text(w), float(score)) for w, score in first[_FIRST * i + 3])
         for i in range(len(queues))
     ]
-    heads: list[bytes | None] = [first[_FIRST * i + 4] for i in range(len(queues))]
+    heads: list[bytes | None] = [_known(first[_FIRST * i + 4]) for i in range(len(queues))]
     pipe = client.pipeline(transaction=False)
+    optional: set[int] = set()  # positions of the age's commands (ZSCORE, TIME)
     for queue, workers, head in zip(queues, registered, heads, strict=True):
         keys = QueueKeys(queue)
         for name, _ in workers:
             pipe.exists(keys.alive(name))
             pipe.llen(keys.processing(name))
         if head is not None:
+            optional.add(len(pipe.command_stack))
             pipe.zscore(keys.stamps, digest(_bytes(head)))
     stamped = any(h is not None for h in heads)
     if stamped:
+        optional.add(len(pipe.command_stack))
         pipe.time()
-    replies = pipe.execute() if any(registered) or stamped else []
-    now = replies[-1] if stamped else None
+    replies = _replies(pipe, optional.__contains__) if any(registered) or stamped else []
+    now = _known(replies[-1]) if stamped else None
     answers = iter(replies)
     rows: list[QueueStatus] = []
     for i, (queue, workers) in enumerate(zip(queues, registered, strict=True)):
@@ -107,7 +128,7 @@ def queue_statuses(client: Any, queues: Sequence[str]) -> list[QueueStatus]:
             }
             for name, seen in workers
         ]
-        age = _age(next(answers), now) if heads[i] is not None else None
+        age = _age(_known(next(answers)), now) if heads[i] is not None else None
         pending, delayed, dead = first[_FIRST * i : _FIRST * i + 3]
         rows.append(
             QueueStatus(

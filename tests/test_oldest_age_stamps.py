@@ -182,3 +182,21 @@ def test_a_full_redis_refuses_a_stamped_push_even_when_it_trims(
         client.config_set("maxmemory", "0")
     assert client.llen(QUEUE) == 0 and client.zcard(f"{QUEUE}:delayed") == 0
     assert client.zrange(STAMPS, 0, -1) == [b"leaked"]
+
+
+def test_an_acl_user_from_before_stamps_still_pushes_and_reads_depths(
+    redis_server: RedisServer, taskd: DaemonFactory
+) -> None:
+    """No +zremrangebyscore, +lindex, +zscore: the push is not an error, the age is unknown."""
+    admin: Any = redis_server.client()
+    old = "~task:* -@all +ping +select +client|setname +lpush +evalsha +script|load +time +zadd"
+    admin.execute_command("ACL", "SETUSER", "old", "on", ">pw", *old.split(), "+llen", "+zcard")
+    admin.execute_command("ACL", "SETUSER", "old", "+zrange", "+exists")
+    admin.zadd(STAMPS, {"leaked": 1.0})
+    url = f"redis://old:pw@127.0.0.1:{redis_server.port}/0"
+    bodies = [f"b{i}" for i in range(producer.TRIM_EVERY)]  # a batch that always trims
+    _enqueue(taskd, url, *bodies)
+    assert admin.llen(QUEUE) == producer.TRIM_EVERY
+    assert admin.zscore(STAMPS, "leaked") == 1.0  # the trim was refused, the push was not
+    row = _status(taskd, url)
+    assert row["pending"] == producer.TRIM_EVERY and row["oldest_age_seconds"] is None
