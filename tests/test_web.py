@@ -188,8 +188,8 @@ def test_redis_refusing_the_command_is_a_500_json_not_an_html_page(
 
 
 def test_unexpected_error_is_a_500_json_not_a_traceback(redis_server: RedisServer) -> None:
-    class Broken(redis.Redis):
-        def lpush(self, *args: Any, **kwargs: Any) -> Any:
+    class Broken(redis.Redis):  # the push (one script with its enqueue stamp) fails
+        def evalsha(self, *args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("bug in a producer")
 
     app = create_app(settings_for(redis_server.url), client=Broken(port=redis_server.port))
