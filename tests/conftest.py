@@ -123,6 +123,35 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture
+def full_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server with a 4 MB maxmemory and noeviction (made full by `fill`)."""
+    server = RedisServer(
+        tmp_path / "full", None, "--maxmemory", "4mb", "--maxmemory-policy", "noeviction"
+    )
+    server.workdir.mkdir()
+    server.start()
+    yield server
+    server.stop()
+
+
+def fill(server: RedisServer) -> None:
+    """Append to a filler key until Redis refuses with OOM, then keep it full.
+
+    maxmemory is then set a margin below what is used: freed client buffers, or draining a
+    few small tasks, must not bring Redis back under its limit during the test.
+    """
+    client = server.client()
+    chunk = b"x" * 65536
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        for _ in range(1000):
+            client.append("filler", chunk)
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", str(used - 256 * 1024))
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        client.set("probe", "1")
+
+
 class Daemon:
     """A `taskd` subprocess, as a user would start it; its JSON log lines are kept in a file."""
 

@@ -4,42 +4,15 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from pathlib import Path
 
 import pytest
 import redis
 
-from conftest import DaemonFactory, RedisServer, free_port, wait_until
+from conftest import DaemonFactory, RedisServer, fill, free_port, wait_until
 from daemon.reliable import ReliableQueue
 
 HANDLER = ("--handler", "handlers_for_tests:record")
 Q = "jobs"
-
-
-@pytest.fixture
-def full_redis(tmp_path: Path) -> RedisServer:
-    """A redis-server at maxmemory with noeviction: every plain write is refused (OOM)."""
-    server = RedisServer(
-        tmp_path / "full", None, "--maxmemory", "4mb", "--maxmemory-policy", "noeviction"
-    )
-    server.workdir.mkdir()
-    server.start()
-    yield server
-    server.stop()
-
-
-def fill(server: RedisServer) -> None:
-    """Append to a filler key until Redis refuses with OOM, then keep a margin below used."""
-    client = server.client()
-    chunk = b"x" * 65536
-    with pytest.raises(redis.exceptions.OutOfMemoryError):
-        for _ in range(1000):
-            client.append("filler", chunk)
-    used = int(client.info("memory")["used_memory"])
-    # draining a few small tasks must not bring Redis back under its limit during the test
-    client.config_set("maxmemory", str(used - 256 * 1024))
-    with pytest.raises(redis.exceptions.OutOfMemoryError):
-        client.set("probe", "1")
 
 
 def _metrics(port: int) -> str:

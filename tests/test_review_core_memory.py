@@ -6,42 +6,11 @@ Real redis-server (maxmemory reached, noeviction) and real taskd processes.
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-import redis
-
-from conftest import ROOT, DaemonFactory, RedisServer, free_port, wait_until
+from conftest import ROOT, DaemonFactory, RedisServer, fill, free_port, wait_until
 
 HANDLER = ("--handler", "handlers_for_tests:record")
 Q = "task:q"  # the shipped ACL's key pattern is ~task:*
-
-
-@pytest.fixture
-def full_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server with a 4 MB maxmemory and noeviction (filled by the test)."""
-    server = RedisServer(
-        tmp_path / "full", None, "--maxmemory", "4mb", "--maxmemory-policy", "noeviction"
-    )
-    server.workdir.mkdir()
-    server.start()
-    yield server
-    server.stop()
-
-
-def fill(server: RedisServer) -> None:
-    """Append to a filler key until Redis refuses with OOM, then keep a margin below used."""
-    client = server.client()
-    chunk = b"x" * 65536
-    with pytest.raises(redis.exceptions.OutOfMemoryError):
-        for _ in range(1000):
-            client.append("filler", chunk)
-    used = int(client.info("memory")["used_memory"])
-    # draining a few small tasks must not bring Redis back under its limit during the test
-    client.config_set("maxmemory", str(used - 256 * 1024))
-    with pytest.raises(redis.exceptions.OutOfMemoryError):
-        client.set("probe", "1")
 
 
 def _consumer_user_without(server: RedisServer, command: str) -> str:
