@@ -245,13 +245,9 @@ class RedisHealth:
         """
         try:
             result = call()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            self.record(False)
-            if push and (why := _refused_for_now(exc)):
-                self._refused = (why, time.monotonic())
-            raise
         except (redis.RedisError, ReplicasNotConfirmed) as exc:
-            self.record(True)
+            # an error reply is an answer; a failure to connect or to get a reply is not
+            self.record(not isinstance(exc, redis.ConnectionError | redis.TimeoutError))
             if push and (why := _refused_for_now(exc)):
                 self._refused = (why, time.monotonic())
             raise
