@@ -147,6 +147,17 @@ SPECS: dict[str, _Spec] = {
 # TASKD_* variables that are not settings of their own (secrets and the config file path).
 EXTRA_ENV = ("CONFIG", "REDIS_PASSWORD", "SENTINEL_PASSWORD", "WEB_TOKEN")
 
+MAX_SECONDS = 365 * 86400.0  # longer than any useful deadline; socket and time_t safe
+# Linux's own limits (TCP_KEEPIDLE/TCP_KEEPINTVL <= 32767 s, TCP_KEEPCNT <= 127): beyond them
+# setsockopt fails with EINVAL, which would look like an unreachable Redis retried for ever.
+INT_RANGES = {
+    "keepalive_idle": (1, 32767),
+    "keepalive_interval": (1, 32767),
+    "keepalive_count": (1, 127),
+    "max_attempts": (1, 1_000_000),
+    "wait_replicas": (0, 1000),
+}
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
 
@@ -312,7 +323,24 @@ def _secret(path: str, which: str, env: Mapping[str, str]) -> str:
     return env.get(f"{ENV_PREFIX}{which.upper()}_PASSWORD", "")
 
 
+def _check_ranges(s: Settings) -> None:
+    """Upper bounds: ConfigError naming the first value out of range.
+
+    Past these, a value crashes deep inside (OverflowError from a socket timeout) or fails as
+    EINVAL at connect time, which reads like an outage.
+    """
+    for name, spec in SPECS.items():
+        value = getattr(s, name)
+        where = f"{flag_name(name)}={value!r} (env {env_name(name)})"
+        if spec.kind.startswith("float") and value > MAX_SECONDS:
+            raise ConfigError(f"{where}: expected seconds up to {MAX_SECONDS:.0f} (a year)")
+        low, high = INT_RANGES.get(name, (None, None))
+        if low is not None and high is not None and not low <= value <= high:
+            raise ConfigError(f"{where}: expected a whole number {low}-{high}")
+
+
 def _validate(s: Settings) -> None:
+    _check_ranges(s)
     try:
         redis_url.parse(s.redis_url)
     except redis_url.RedisUrlError as exc:

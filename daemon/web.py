@@ -646,11 +646,10 @@ def app_from_env(env: Mapping[str, str] | None = None, configure_logging: bool =
     served. Raises WsgiConfigError with one line for any bad value, before any request.
     With `configure_logging`, taskd's log lines are JSON on stdout (TASKD_LOG_LEVEL/FORMAT).
     """
-    from daemon.cli import check_ranges
     from daemon.config import load
 
     try:
-        settings = check_ranges(load({}, env=env))
+        settings = load({}, env=env)
         if configure_logging:
             from daemon.logs import configure_logging as setup_logs
 

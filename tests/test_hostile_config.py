@@ -141,3 +141,10 @@ def test_queues_that_only_share_a_prefix_are_fine() -> None:
         "orders",
         "orders:high",
     )
+
+
+def test_upper_bounds_hold_for_every_caller_of_config_load_not_only_the_cli() -> None:
+    with pytest.raises(ConfigError, match="--keepalive-count=500 .*expected a whole number 1-127"):
+        config.load({}, env={"TASKD_KEEPALIVE_COUNT": "500"})
+    with pytest.raises(ConfigError, match="expected seconds up to 31536000"):
+        config.load({"block_timeout": "1e12"}, env={})
