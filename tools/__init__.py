@@ -1,0 +1,1 @@
+"""Test and rehearsal tooling of taskd (harness, soak, fault proxy): never imported by daemon/."""
