@@ -1,123 +1,37 @@
-"""Test harness: real redis-server processes on free loopback ports, real taskd subprocesses.
+"""Fixtures on the one harness (tools.harness): real redis-server processes on free loopback
+ports, real taskd subprocesses, the supervisord stack running the tests' handlers.
 
 Never port 6379, never fakeredis: every server a test talks to is started (and stopped) here.
+RedisServer, wait_until, stays_true and free_port are re-exported for the tests' imports.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from daemon.ports import free_port
+from handlers_for_tests import RECORD_ENV, read_records
+from tools.harness import RedisServer, free_port, stays_true, wait_until
+from tools.harness import stack as harness_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
-
-
-def wait_until(
-    predicate: Callable[[], Any], timeout: float, message: str = "", interval: float = 0.05
-) -> Any:
-    """Poll `predicate` until it returns something truthy; fail the test after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - keep polling, report the last error
-            last_error = exc
-        if time.monotonic() >= deadline:
-            detail = f" (last error: {last_error!r})" if last_error else ""
-            raise AssertionError(f"timed out after {timeout} s waiting for {message}{detail}")
-        time.sleep(interval)
-
-
-class RedisServer:
-    """A redis-server child process on a free loopback port, in its own temp dir."""
-
-    def __init__(self, workdir: Path, port: int | None = None, *extra: str) -> None:
-        self.workdir = workdir
-        self.port = port or free_port()
-        self.extra = list(extra)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, *extra: str, wait: bool = True) -> RedisServer:
-        args = [
-            shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.workdir),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--logfile",
-            str(self.workdir / "redis.log"),
-            "--enable-debug-command",
-            "yes",
-            *self.extra,
-            *extra,
-        ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if not wait:
-            return self
-        client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
-
-        def answers() -> bool:
-            try:
-                return bool(client.ping())
-            except (redis.AuthenticationError, redis.ResponseError):
-                return True  # it answers: a password is required
-
-        wait_until(answers, 10, f"redis-server on port {self.port}")
-        client.close()
-        return self
-
-    def client(self, **kwargs: Any) -> redis.Redis:
-        kwargs.setdefault("socket_timeout", 5)
-        kwargs.setdefault("socket_connect_timeout", 5)
-        return redis.Redis(port=self.port, **kwargs)
-
-    def stop(self) -> None:
-        """Stop cleanly (SIGTERM), waiting with a deadline."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def kill9(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
+__all__ = ["ROOT", "TESTS", "RedisServer", "Stack", "free_port", "stays_true", "wait_until"]
 
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A fresh, empty redis-server for one test."""
     server = RedisServer(tmp_path / "redis-data")
-    server.workdir.mkdir()
     server.start()
     yield server
     server.stop()
@@ -126,10 +40,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 def full_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server with a 4 MB maxmemory and noeviction (made full by `fill`)."""
-    server = RedisServer(
-        tmp_path / "full", None, "--maxmemory", "4mb", "--maxmemory-policy", "noeviction"
-    )
-    server.workdir.mkdir()
+    server = RedisServer(tmp_path / "full", maxmemory="4mb", maxmemory_policy="noeviction")
     server.start()
     yield server
     server.stop()
@@ -220,7 +131,7 @@ class DaemonFactory:
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
         env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT)])
-        env["TEST_HANDLER_RECORD"] = str(self.record)
+        env[RECORD_ENV] = str(self.record)
         env["TASKD_LOG_FORMAT"] = "json"
         env.update(extra)
         return env
@@ -259,13 +170,7 @@ class DaemonFactory:
 
     def records(self) -> list[tuple[str, str, str]]:
         """(pid, phase, body) lines written by tests/handlers_for_tests.py."""
-        if not self.record.exists():
-            return []
-        out = []
-        for line in self.record.read_text().splitlines():
-            pid, phase, body = line.split(" ", 2)
-            out.append((pid, phase, body))
-        return out
+        return read_records(self.record)
 
     def done_bodies(self) -> list[str]:
         return [body for _, phase, body in self.records() if phase == "done"]
@@ -281,3 +186,19 @@ def taskd(tmp_path: Path) -> Iterator[DaemonFactory]:
     factory = DaemonFactory(tmp_path)
     yield factory
     factory.cleanup()
+
+
+class Stack(harness_stack.Stack):
+    """The harness's supervisord stack, its programs running a handler of handlers_for_tests."""
+
+    def __init__(self, handler: str = "handlers_for_tests:record", **env: str) -> None:
+        super().__init__(handler, pythonpath=[TESTS], env=env)
+        self.record = self.root / "record.log"
+        self.env.setdefault(RECORD_ENV, str(self.record))
+
+    def records(self) -> list[tuple[str, str, str]]:
+        """(pid, phase, body) lines the stack's handlers wrote."""
+        return read_records(self.record)
+
+    def done_bodies(self) -> list[str]:
+        return [body for _, phase, body in self.records() if phase == "done"]

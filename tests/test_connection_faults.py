@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from conftest import DaemonFactory, RedisServer, free_port, wait_until
-from daemon.chaos_proxy import ChaosProxy
+from tools.chaos_proxy import ChaosProxy
 
 HANDLER = ("--handler", "handlers_for_tests:record")
 Q = "jobs"

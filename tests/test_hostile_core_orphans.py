@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from conftest import DaemonFactory, RedisServer, wait_until
-from daemon.chaos_proxy import ChaosProxy
+from tools.chaos_proxy import ChaosProxy
 
 HANDLER = ("--handler", "handlers_for_tests:record")
 

@@ -17,7 +17,7 @@ def test_consumer_exits_after_sigterm_although_a_handler_left_a_thread_running(
 ) -> None:
     redis_server.client().lpush("jobs", "x")
     daemon = taskd.consume(
-        redis_server.url, "--queue", "jobs", "--handler", f"handlers_for_exit:{handler}"
+        redis_server.url, "--queue", "jobs", "--handler", f"handlers_for_tests:{handler}"
     )
     daemon.wait_for_event("task.done", 15)
     daemon.signal(signal.SIGTERM)

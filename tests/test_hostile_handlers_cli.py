@@ -36,7 +36,7 @@ def starts(taskd: DaemonFactory, body: str) -> int:
 
 def consume(server: RedisServer, taskd: DaemonFactory, handler: str, *args: str) -> Daemon:
     return taskd.consume(
-        server.url, "--queue", Q, "--handler", f"handlers_for_hostile:{handler}", *args
+        server.url, "--queue", Q, "--handler", f"handlers_for_tests:{handler}", *args
     )
 
 
@@ -98,7 +98,7 @@ def test_what_cannot_be_a_handler_is_refused_at_startup_with_one_line(
 ) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "daemon", "consume", "--redis-url", redis_server.url]
-        + ["--queue", Q, "--handler", f"handlers_for_hostile:{handler}"],
+        + ["--queue", Q, "--handler", f"handlers_for_tests:{handler}"],
         capture_output=True,
         text=True,
         env=taskd.env(),
@@ -108,7 +108,7 @@ def test_what_cannot_be_a_handler_is_refused_at_startup_with_one_line(
     assert result.returncode == 78, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert f"--handler='handlers_for_hostile:{handler}'" in lines[0]
+    assert f"--handler='handlers_for_tests:{handler}'" in lines[0]
     assert expected in lines[0]
     assert "expected a function (def or async def)" in lines[0]
 

@@ -19,8 +19,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from yaml_free_alerts import alerts
 
-from conftest import ROOT, wait_until
-from stack import Stack
+from conftest import ROOT, Stack, wait_until
 
 PROMTOOL = shutil.which("promtool") or "promtool"
 ALERTS = ROOT / "conf" / "prometheus" / "alerts.yml"

@@ -62,7 +62,7 @@ def test_task_timeout_exits_70_while_the_handler_is_blocked_on_a_full_stdout(
     with open(err_path, "wb") as err:
         proc = start_unread(
             taskd, redis_server.url, err,
-            "--handler", "hostile_watch_handlers:shout",
+            "--handler", "handlers_for_tests:shout",
             "--task-timeout", "2",
         )  # fmt: skip
     # startup (~1 s) + task timeout 2 s + a watchdog tick 1 s + last words at most 2 s

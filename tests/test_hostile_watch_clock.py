@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, TESTS, wait_until
+from conftest import ROOT, TESTS, Stack, wait_until
 from daemon.watchdog import Seen, decide, observe
-from stack import Stack
 
 HOURS = 7200.0
 PID = 42

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
-from stack import Stack
+from conftest import ROOT, Stack
 
 SIEGE = shutil.which("siege") or "siege"
 SCRIPTS = ("load.sh", "load_helpers.py")

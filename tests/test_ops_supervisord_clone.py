@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, wait_until
-from daemon.ports import free_port, free_port_block
-from stack import VENV_BIN
+from tools.harness.ports import free_port, free_port_block
+from tools.harness.stack import VENV_BIN
 
 PROGRAMS = (
     "redis",

@@ -132,7 +132,7 @@ def test_consumer_runs_a_delayed_task_when_due_not_before(
     taskd: DaemonFactory, redis_server: RedisServer
 ) -> None:
     consumer = taskd.consume(
-        redis_server.url, "--handler", "handlers_for_producer:stamp", "--block-timeout", "0.5"
+        redis_server.url, "--handler", "handlers_for_tests:stamp", "--block-timeout", "0.5"
     )
     consumer.wait_for_event("consumer.started", 15)
     # The producer's wall clock is 2 h ahead of Redis's: the due time must not depend on it.

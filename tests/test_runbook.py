@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from conftest import ROOT, wait_until
-from stack import Stack
+from conftest import ROOT, Stack, wait_until
 
 
 def runbook_commands() -> list[str]:

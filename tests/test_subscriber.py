@@ -21,10 +21,10 @@ import pytest
 import redis
 
 from conftest import Daemon, DaemonFactory, RedisServer, free_port, wait_until
-from daemon.chaos_proxy import ChaosProxy
 from daemon.config import Settings
 from daemon.connection import make_client
 from daemon.subscriber import PingDeadline, SubscriptionSilent, _PubSub
+from tools.chaos_proxy import ChaosProxy
 
 HANDLER = ("--handler", "handlers_for_tests:record")
 C = "news"

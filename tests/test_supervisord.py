@@ -13,8 +13,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from conftest import wait_until
-from stack import Stack
+from conftest import Stack, wait_until
 
 Q = "task:prodcons:queue"
 

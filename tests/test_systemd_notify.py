@@ -24,7 +24,7 @@ import pytest
 
 from conftest import DaemonFactory, RedisServer, wait_until
 from daemon import sd_notify
-from daemon.ports import free_port
+from tools.harness.ports import free_port
 
 WATCHDOG_USEC = "1000000"  # WatchdogSec=1: pings every 0.5 s
 

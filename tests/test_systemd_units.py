@@ -23,7 +23,7 @@ from test_systemd_notify import NotifySocket
 from conftest import ROOT, DaemonFactory, RedisServer, wait_until
 from daemon import cli, config
 from daemon.config import Settings
-from daemon.ports import free_port
+from tools.harness.ports import free_port
 
 UNITS = ROOT / "conf" / "systemd"
 INSTALLED = "/opt/taskd/.venv/bin/taskd"  # where the units expect taskd (README)

@@ -16,7 +16,7 @@ from pathlib import Path
 from test_systemd_notify import NotifySocket, max_gap
 
 from conftest import ROOT, RedisServer, wait_until
-from daemon.ports import free_port
+from tools.harness.ports import free_port
 
 SERVE = """
 from daemon import config, web, web_systemd
