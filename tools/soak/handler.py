@@ -1,6 +1,6 @@
 """The soak test's handler: records every task it handles in a file outside the Redis under test.
 
-Run by the consumers (and the subscriber) of a soak stack as ``daemon.soak_handler:handle``.
+Run by the consumers (and the subscriber) of a soak stack as ``tools.soak.handler:handle``.
 A task body is JSON ``{"id": 17, "t": <enqueue unix time>, "kind": "ok"|"fail"|"hang"}``; a
 pub/sub message is ``{"p": 4, "t": <publish unix time>}``. Each handling appends one line
 
@@ -49,7 +49,7 @@ def parse_body(body: bytes) -> dict[str, Any]:
 def format_record(
     task_id: str, enqueued: float, handled: float, pid: int, worker: str, outcome: str
 ) -> str:
-    """One record line (the format daemon.soak parses)."""
+    """One record line (the format tools.soak.records parses)."""
     return f"{task_id} {enqueued:.6f} {handled:.6f} {pid} {worker} {outcome}\n"
 
 
