@@ -25,7 +25,7 @@ status:
 	$(BIN)/supervisorctl -c conf/supervisord.conf status
 
 lint: setup
-	$(BIN)/ruff check daemon tests scripts examples
+	$(BIN)/ruff check daemon tools tests scripts examples
 
 typecheck: setup
 	$(BIN)/mypy
@@ -33,8 +33,9 @@ typecheck: setup
 test: setup lint typecheck
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
 
+# soak: the stack under load and scheduled faults, then a verdict (docs/soak.md)
 soak: setup
-	$(BIN)/python scripts/soak.py $(SOAK_ARGS)
+	$(BIN)/python -m tools.soak $(SOAK_ARGS)
 
 # bench: taskd against the seed's loop, Celery, Dramatiq and RQ (the bench extra), several minutes
 bench: setup

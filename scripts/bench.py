@@ -65,8 +65,8 @@ from daemon import config, handlers, metrics  # noqa: E402
 from daemon.consumer import Consumer  # noqa: E402
 from daemon.keys import QueueKeys  # noqa: E402
 from daemon.logs import configure_logging  # noqa: E402
-from daemon.ports import free_port  # noqa: E402
 from daemon.reliable import ReliableQueue  # noqa: E402
+from tools.harness.ports import free_port  # noqa: E402
 
 QUEUE = "bench:queue"
 WORKER = "bench"

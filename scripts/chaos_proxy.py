@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""Run the TCP fault-injection proxy from a checkout; see docs/chaos_proxy.md."""
+"""Run the TCP fault-injection proxy from a checkout: `python -m tools.chaos_proxy`.
+
+See docs/chaos_proxy.md. `tools` is importable from the checkout root only, so this script runs
+the module in its place (exec: same pid, signals reach the proxy) with the checkout root on its
+import path.
+"""
 
 import os
 import sys
 
-# Make `daemon` importable when run as scripts/chaos_proxy.py without installing the package.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from daemon.chaos_proxy import main  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    path = os.environ.get("PYTHONPATH")
+    env = dict(os.environ, PYTHONPATH=ROOT + (os.pathsep + path if path else ""))
+    os.execve(sys.executable, [sys.executable, "-m", "tools.chaos_proxy", *sys.argv[1:]], env)

@@ -1,4 +1,4 @@
-"""Tests for the TCP fault-injection proxy (daemon/chaos_proxy.py).
+"""Tests for the TCP fault-injection proxy (tools/chaos_proxy).
 
 Everything runs on loopback against an in-test echo server on a free port; no
 conftest fixtures, no Redis.  Waits are deadline-polls, never long fixed sleeps.
@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from daemon.chaos_proxy import ChaosProxy  # noqa: E402
-from daemon.ports import free_port  # noqa: E402
+from tools.chaos_proxy import ChaosProxy  # noqa: E402
+from tools.harness import free_port  # noqa: E402
 
 SCRIPT = ROOT / "scripts" / "chaos_proxy.py"
 SILENCE_S = 0.3  # how long "nothing arrives" is observed for black-hole checks

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, wait_until
-from daemon import soak, soak_handler
-from daemon.soak import (
+from tools import soak
+from tools.harness import pids_mentioning
+from tools.soak import (
     CONSUMER_KILL,
     CONSUMER_STOP,
     FAIL_BURST,
@@ -34,6 +35,7 @@ from daemon.soak import (
     Record,
     Window,
 )
+from tools.soak import handler as soak_handler
 
 SCRIPT = str(ROOT / "scripts" / "soak.py")
 # The CI soak's kinds: every kind but the Redis-full and long-outage ones, which do not fit its
@@ -60,7 +62,7 @@ def report(run_dir: Path) -> dict:
 def leftovers(run_dir: Path) -> list[int]:
     """Processes of the run still alive: by the run folder in their command line, or by the pids
     the sampler saw (Redis rewrites its command line; the proxy's does not name the folder)."""
-    alive = set(soak.pids_mentioning(str(run_dir)))
+    alive = set(pids_mentioning(str(run_dir)))
     for sample in soak.read_samples(run_dir / "samples.jsonl"):
         for pid, *_ in sample["procs"].values():
             try:
@@ -387,18 +389,18 @@ def test_the_soak_stack_is_built_from_the_shipped_supervisord_conf() -> None:
         subscriber_metrics=40003,
         watchdog_metrics=40004,
         web_port=40005,
-        handler="daemon.soak_handler:handle_lossy",
+        handler="tools.soak.handler:handle_lossy",
         consumers=3,
         grace=2,
     )
-    sections = dict((name, "".join(lines)) for name, lines in soak._sections(text))
+    sections = dict((name, "".join(lines)) for name, lines in soak.conf_sections(text))
     assert 'TASKD_REDIS_URL="redis://127.0.0.1:40001/0"' in sections["supervisord"]
     assert "autostart=false" in sections["program:redis"]
     assert "autostart=false" in sections["program:web"]
     consumer = sections["program:consumer"]
-    assert "--handler daemon.soak_handler:handle_lossy" in consumer and "numprocs=3" in consumer
+    assert "--handler tools.soak.handler:handle_lossy" in consumer and "numprocs=3" in consumer
     assert "--metrics-port 401%(process_num)02d" in consumer
-    assert "--handler daemon.soak_handler:handle " in sections["program:subscriber"]
+    assert "--handler tools.soak.handler:handle " in sections["program:subscriber"]
     assert "--grace 2 " in sections["eventlistener:watchdog"]
     settings = "".join(line for line in text.splitlines(True) if not line.startswith(";"))
     for shipped in ("16379", "18650", "18690", ":8000", " 186%"):
@@ -462,7 +464,7 @@ def test_self_test_a_handler_that_drops_every_100th_task_fails_the_verdict(
     run_dir = tmp_path / "run"
     proc = run_soak(
         "--duration", "20s", "--faults", "none", "--rate", "50", "--run-dir", str(run_dir),
-        "--handler", "daemon.soak_handler:handle_lossy",
+        "--handler", "tools.soak.handler:handle_lossy",
         timeout=100,
     )  # fmt: skip
     doc = report(run_dir)
@@ -497,7 +499,7 @@ def test_attach_to_a_running_stack_injects_faults_and_leaves_it_running(tmp_path
         assert all(stack.pid_of(name) for name in stack.consumers), "the stack keeps running"
     finally:
         stack.teardown()
-    assert not soak.pids_mentioning(str(tmp_path / "stack"))
+    assert not pids_mentioning(str(tmp_path / "stack"))
 
 
 @pytest.mark.timeout(120)
@@ -510,7 +512,7 @@ def test_interrupted_soak_stops_every_process_and_still_reports(tmp_path: Path) 
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT),
     )  # fmt: skip
     try:
-        wait_until(lambda: (run_dir / "records").exists() and soak.pids_mentioning(str(run_dir)),
+        wait_until(lambda: (run_dir / "records").exists() and pids_mentioning(str(run_dir)),
                    60, "the soak stack running")  # fmt: skip
         wait_until(lambda: (run_dir / "produced.tsv").stat().st_size > 0, 30, "tasks produced")
         proc.send_signal(signal.SIGINT)
