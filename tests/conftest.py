@@ -25,7 +25,16 @@ from tools.harness import stack as harness_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
-__all__ = ["ROOT", "TESTS", "RedisServer", "Stack", "free_port", "stays_true", "wait_until"]
+__all__ = [
+    "ROOT",
+    "TESTS",
+    "RedisServer",
+    "Stack",
+    "blocked_claims",
+    "free_port",
+    "stays_true",
+    "wait_until",
+]
 
 
 @pytest.fixture
@@ -61,6 +70,18 @@ def fill(server: RedisServer) -> None:
     client.config_set("maxmemory", str(used - 256 * 1024))
     with pytest.raises(redis.exceptions.OutOfMemoryError):
         client.set("probe", "1")
+
+
+def blocked_claims(admin: redis.Redis, worker: str) -> set[int]:
+    """Server-side ids of `worker`'s claim connections blocked in BLMOVE now (CLIENT LIST).
+
+    What "idle in a blocking claim" looks like from Redis: wait on it instead of sleeping.
+    """
+    return {
+        int(c["id"])
+        for c in admin.client_list()
+        if c.get("name") == f"taskd-claim:{worker}" and "b" in str(c.get("flags", ""))
+    }
 
 
 class Daemon:

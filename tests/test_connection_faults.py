@@ -12,14 +12,23 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from conftest import DaemonFactory, RedisServer, free_port, wait_until
+from conftest import (
+    Daemon,
+    DaemonFactory,
+    RedisServer,
+    blocked_claims,
+    free_port,
+    stays_true,
+    wait_until,
+)
 from tools.chaos_proxy import ChaosProxy
+from tools.harness import Producer
 
 HANDLER = ("--handler", "handlers_for_tests:record")
 Q = "jobs"
@@ -40,35 +49,25 @@ FAST = (
 )
 
 
-class Producer(threading.Thread):
-    """Pushes numbered tasks steadily, straight to Redis; a task counts once LPUSH returned."""
-
-    def __init__(self, port: int, every: float = 0.05, prefix: str = "p") -> None:
-        super().__init__(daemon=True)
-        self.client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
-        self.every, self.prefix = every, prefix
-        self.pushed: list[str] = []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        n = 0
-        while not self.halt.wait(self.every):
-            body = f"{self.prefix}{n}"
-            try:
-                self.client.lpush(Q, body)
-            except redis.RedisError:
-                continue  # not pushed: the producer sees the error; try the next one
-            self.pushed.append(body)
-            n += 1
-
-    def finish(self) -> list[str]:
-        self.halt.set()
-        self.join(5)
-        return self.pushed
-
-
 def all_done(taskd: DaemonFactory, bodies: list[str]) -> bool:
     return set(bodies) <= set(taskd.done_bodies())
+
+
+def wait_flowing_again(taskd: DaemonFactory, producer: Producer, count: int = 5) -> None:
+    """Wait until `count` tasks pushed from now on are done: the flow is back."""
+    mark = len(producer.pushed)
+    wait_until(
+        lambda: (
+            len(producer.pushed) >= mark + count
+            and all_done(taskd, producer.pushed[mark : mark + count])
+        ),
+        15,
+        f"{count} tasks pushed after the fault done",
+    )
+
+
+def alive(daemon: Daemon) -> Callable[[], bool]:
+    return lambda: daemon.proc.poll() is None
 
 
 @pytest.fixture
@@ -88,7 +87,7 @@ def test_connection_refused_at_start_waits_then_consumes(
     server.workdir.mkdir()
     daemon = taskd.consume(server.url, "--queue", Q, *HANDLER, *FAST)
     daemon.wait_for_event("redis.disconnected", 10)
-    time.sleep(1.0)  # it keeps waiting, it does not exit
+    stays_true(alive(daemon), 1.0, "taskd waiting for Redis")  # it keeps waiting, no exit
     assert daemon.proc.poll() is None
     server.start()
     try:
@@ -107,17 +106,17 @@ def test_redis_restart_loses_no_task(
     aof_server: RedisServer, taskd: DaemonFactory, how: str
 ) -> None:
     daemon = taskd.consume(aof_server.url, "--queue", Q, *HANDLER, *FAST, "--worker-id", "w1")
-    producer = Producer(aof_server.port)
+    producer = Producer(aof_server.port, Q)
     producer.start()
     wait_until(lambda: len(taskd.done_bodies()) >= 10, 15, "tasks flowing")
     aof_server.stop() if how == "clean" else aof_server.kill9()
     daemon.wait_for_event("redis.disconnected", BLOCK + SOCKET + 2)
-    time.sleep(1.0)
+    stays_true(alive(daemon), 1.0, "taskd riding out the outage")  # the outage: 1 s more
     aof_server.start()
     back = time.monotonic()
     daemon.wait_for_event("redis.reconnected", CAP + 2 + 1)
     assert time.monotonic() - back < CAP + 2 + 1
-    time.sleep(1.0)
+    wait_flowing_again(taskd, producer)
     pushed = producer.finish()
     wait_until(lambda: all_done(taskd, pushed), 20, f"all {len(pushed)} pushed tasks done")
     assert len(daemon.events("redis.disconnected")) == 1
@@ -128,7 +127,7 @@ def test_client_kill_of_the_consumer_connection(
     redis_server: RedisServer, taskd: DaemonFactory
 ) -> None:
     taskd.consume(redis_server.url, "--queue", Q, *HANDLER, *FAST, "--worker-id", "w1")
-    producer = Producer(redis_server.port)
+    producer = Producer(redis_server.port, Q)
     producer.start()
     wait_until(lambda: len(taskd.done_bodies()) >= 5, 15, "tasks flowing")
     admin = redis_server.client()
@@ -142,7 +141,7 @@ def test_client_kill_of_the_consumer_connection(
     # a new claim connection (the error may surface, or redis-py may find the socket closed
     # before reusing it); either way the consumer goes on with a fresh connection
     wait_until(lambda: (ids := claim_ids()) and not ids & before, CAP + 2 + 2, "a new connection")
-    time.sleep(0.5)
+    wait_flowing_again(taskd, producer)
     pushed = producer.finish()
     wait_until(lambda: all_done(taskd, pushed), 15, "all pushed tasks done")
 
@@ -167,14 +166,14 @@ def test_blackholed_connection_is_detected_and_recovered_with_default_timeouts(
         )
         redis_server.client().lpush(Q, "before")
         wait_until(lambda: taskd.done_bodies() == ["before"], 10, "a task before the fault")
-        time.sleep(1.0)  # now idle in a blocking claim
+        wait_until(lambda: blocked_claims(redis_server.client(), "w1"), 5, "idle in BLMOVE")
         proxy.set_mode("blackhole")
         holed = time.monotonic()
         # pushed during the black hole: the server may hand it to the dead flow's claim
         redis_server.client().lpush(Q, "during")
         daemon.wait_for_event("redis.disconnected", 5 + 5 + 2 + 1)
         assert time.monotonic() - holed <= 5 + 5 + 2, "detected within block + margin + 2 s"
-        time.sleep(3)
+        stays_true(alive(daemon), 3, "taskd under the black hole")  # reconnects black-holed too
         proxy.set_mode("pass")
         lifted = time.monotonic()
         redis_server.client().lpush(Q, "after")
@@ -208,7 +207,7 @@ def test_lost_claim_reply_is_reconciled_without_waiting_for_death(
             "60",  # the periodic check must not be what saves it
         )
         daemon.wait_for_event("redis.connected", 10)
-        time.sleep(0.5)
+        wait_until(lambda: blocked_claims(redis_server.client(), "w1"), 5, "idle in BLMOVE")
         proxy.set_mode("blackhole")
         redis_server.client().lpush(Q, "orphan")
         client = redis_server.client()
@@ -224,14 +223,14 @@ def test_stalled_server_that_keeps_tcp_alive(
     redis_server: RedisServer, taskd: DaemonFactory, how: str
 ) -> None:
     daemon = taskd.consume(redis_server.url, "--queue", Q, *HANDLER, *FAST, "--worker-id", "w1")
-    producer = Producer(redis_server.port, every=0.1)
+    producer = Producer(redis_server.port, Q, every=0.1)
     producer.start()
     wait_until(lambda: len(taskd.done_bodies()) >= 5, 15, "tasks flowing")
     assert redis_server.proc is not None
     if how == "sigstop":
         os.kill(redis_server.proc.pid, signal.SIGSTOP)
         daemon.wait_for_event("redis.disconnected", BLOCK + SOCKET + 2 + 0.5)
-        time.sleep(1.5)
+        stays_true(alive(daemon), 1.5, "taskd while Redis is frozen")  # frozen 1.5 s more
         os.kill(redis_server.proc.pid, signal.SIGCONT)
     else:
         sleeper = redis.Redis(port=redis_server.port, socket_timeout=30)
@@ -240,7 +239,7 @@ def test_stalled_server_that_keeps_tcp_alive(
         ).start()
         daemon.wait_for_event("redis.disconnected", BLOCK + SOCKET + 2 + 0.5)
     daemon.wait_for_event("redis.reconnected", 10)
-    time.sleep(0.5)
+    wait_flowing_again(taskd, producer)
     pushed = producer.finish()
     wait_until(lambda: all_done(taskd, pushed), 20, "all pushed tasks done")
     assert daemon.proc.poll() is None
@@ -298,14 +297,14 @@ def test_unblocked_and_readonly_after_replica_promotion(
         daemon = taskd.consume(a.url, "--queue", Q, *HANDLER, *FAST, "--worker-id", "w1")
         a.client().lpush(Q, "one")
         wait_until(lambda: taskd.done_bodies() == ["one"], 10, "first task")
-        time.sleep(0.3)  # idle in BLMOVE on A
+        wait_until(lambda: blocked_claims(a.client(), "w1"), 5, "idle in BLMOVE on A")
         # failover: B becomes master, A its replica -> A unblocks our claim, then READONLY
         b.client().replicaof("no", "one")
         a.client().replicaof("127.0.0.1", b.port)
         lines = daemon.wait_for_event("redis.disconnected", 5)
         assert any(w in lines[0]["error"] for w in ("UNBLOCKED", "READONLY", "read only"))
         b.client().lpush(Q, "two")  # accepted by the new master; A (a replica) gets it too
-        time.sleep(1.0)
+        stays_true(alive(daemon), 1.0, "taskd against a replica")
         assert daemon.proc.poll() is None
         # and back: A master again, B its replica; the consumer continues without a restart
         a.client().replicaof("no", "one")
@@ -336,7 +335,7 @@ def test_error_while_pushing_a_task_back_keeps_it_in_the_processing_list(
     wait_until(lambda: taskd.records(), 10, "the handler to start")
     aof_server.stop()  # the retry push-back will fail: Redis is gone
     daemon.wait_for_event("redis.disconnected", 5)
-    time.sleep(1.0)
+    stays_true(alive(daemon), 1.0, "taskd waiting for Redis")  # the outage: 1 s more
     aof_server.start()
     client = aof_server.client()
     wait_until(lambda: client.llen(f"{Q}:dead") == 1, 20, "retried, then dead-lettered")
@@ -427,7 +426,7 @@ def test_outage_longer_than_the_task_timeout_while_acking_is_waited_out(
     wait_until(lambda: taskd.records(), 10, "the handler to start")
     aof_server.stop()
     wait_until(lambda: taskd.done_bodies(), 5, "the handler to finish")
-    time.sleep(4)  # longer than the task timeout, Redis still down
+    stays_true(alive(daemon), 4, "taskd settling")  # longer than the task timeout, Redis down
     assert daemon.proc.poll() is None, "the stall watchdog must not fire while settling"
     aof_server.start()
     client = aof_server.client()

@@ -8,12 +8,11 @@ consumer's empty claim, and each handled message is work; retries during an outa
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from conftest import DaemonFactory, RedisServer, free_port, wait_until
+from conftest import DaemonFactory, RedisServer, free_port, stays_true, wait_until
 
 HANDLER = ("--handler", "handlers_for_tests:record")
 STALL = 3.0
@@ -57,12 +56,14 @@ def test_idle_subscriber_stays_healthy_past_the_stall_timeout(
         *FAST,
     )
     daemon.wait_for_event("pubsub.subscribed", 10)
-    subscribed = time.monotonic()
     answers = []
-    # two stall timeouts of a quiet channel: every answer must be 200 with recent work
-    while time.monotonic() - subscribed < 2 * STALL:
+
+    def answer() -> bool:
         answers.append(healthz(port))
-        time.sleep(0.25)
+        return True  # every answer is judged below
+
+    # two stall timeouts of a quiet channel: every answer must be 200 with recent work
+    stays_true(answer, 2 * STALL, "/healthz answering", interval=0.25)
     bad = [body for status, body in answers if status != 200]
     assert not bad, bad
     assert max(float(str(body["seconds_since_work"])) for _, body in answers) < STALL / 2

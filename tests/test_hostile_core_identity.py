@@ -9,7 +9,7 @@ import signal
 import time
 from collections import Counter
 
-from conftest import DaemonFactory, RedisServer, wait_until
+from conftest import DaemonFactory, RedisServer, stays_true, wait_until
 from daemon.ownership import REFUSE, TAKE, WAIT, Owner, decide, process_alive, process_start
 
 HANDLER = ("--handler", "handlers_for_tests:record")
@@ -30,7 +30,11 @@ def test_second_live_process_with_the_same_worker_id_exits_78_and_the_first_drai
     out = second.log_path.read_text()
     assert "worker id 'w1'" in out and f"pid {first.pid}" in out and "since" in out
     wait_until(lambda: len(taskd.done_bodies()) == 6, 20, "6 tasks done")
-    time.sleep(0.5)  # anything run twice would show by now
+    stays_true(  # anything run twice would show within this
+        lambda: len([1 for _, phase, _ in taskd.records() if phase == "start"]) == len(bodies),
+        0.5,
+        "no task started twice",
+    )
     assert Counter(body for _, phase, body in taskd.records() if phase == "start") == Counter(
         bodies
     )

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
-
-from conftest import DaemonFactory, RedisServer, wait_until
+from conftest import DaemonFactory, RedisServer, blocked_claims, wait_until
 from tools.chaos_proxy import ChaosProxy
 
 HANDLER = ("--handler", "handlers_for_tests:record")
@@ -25,10 +23,12 @@ def test_reconnect_does_not_close_the_claim_connection_of_another_queue_sharing_
         bystander.wait_for_event("redis.connected", 10)
         cut.wait_for_event("redis.connected", 10)
         wait_until(lambda: len(claim_connections()) == 2, 10, "both claim connections")
+        before = {int(c["id"]) for c in claim_connections()}
         proxy.set_mode("reset")  # the consumer of queue a loses its connection and reconnects
         cut.wait_for_event("redis.reconnected", 10)
         wait_until(lambda: len(claim_connections()) == 2, 10, "a's new claim connection")
-        time.sleep(1.0)  # the reconnect's orphan check has run by now
+        # a new claim blocked in BLMOVE after the reconnect: its orphan check has run
+        wait_until(lambda: blocked_claims(admin, "w1") - before, 10, "a's new claim blocked")
         assert cut.events("redis.orphan_connection_closed") == []
         assert bystander.events("redis.disconnected") == []
         admin.lpush("a", "for-a")

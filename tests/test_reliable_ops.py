@@ -67,7 +67,7 @@ def test_failure_retries_with_doubling_delay_then_dead_letters_once_per_attempt(
     assert delays == [(1, 0.1), (2, 0.15)]  # base, then 2 x base capped; shared counter
     assert r.zcard("jobs:delayed") == 2 and r.llen("jobs:processing:w0") == 0
     assert q.promote_due() == 0
-    time.sleep(0.2)
+    time.sleep(0.2)  # time passes beyond both retry delays (0.1 s, 0.15 s): nothing to wait on
     assert q.promote_due() == 2
     assert r.lrange("jobs", 0, -1) == [b"same", b"same"]
     body = q.claim(1)

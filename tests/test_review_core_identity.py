@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from conftest import DaemonFactory, RedisServer, free_port, wait_until
+from conftest import DaemonFactory, RedisServer, free_port, stays_true, wait_until
 
 HANDLER = ("--handler", "handlers_for_tests:record")
 HELD = "slow:30:held"
@@ -109,8 +109,11 @@ def test_waiting_for_an_id_held_elsewhere_is_alive_but_not_ready(
     why = "waiting for worker id 'W' of queue 'q', held by host elsewhere, pid 1, since"
     ready = wait_until(lambda: (r := _get(port, "/readyz")) and why in str(r) and r, 5, "why")
     assert ready[0] == 503, ready
-    while time.monotonic() - started < 4:  # twice the stall timeout: a restart cannot help
-        status, body = _get(port, "/healthz")
-        assert status == 200, body
-        time.sleep(0.5)
+    # twice the stall timeout: a restart cannot help
+    stays_true(
+        lambda: _get(port, "/healthz")[0] == 200,
+        4 - (time.monotonic() - started),
+        "/healthz 200 while waiting for the worker id",
+        interval=0.5,
+    )
     assert waiting.proc.poll() is None and taskd.records() == []

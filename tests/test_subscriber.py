@@ -9,6 +9,7 @@ message is handled again, measuring how long that took.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 import signal
 import time
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 import redis
 
-from conftest import Daemon, DaemonFactory, RedisServer, free_port, wait_until
+from conftest import Daemon, DaemonFactory, RedisServer, free_port, stays_true, wait_until
 from daemon.config import Settings
 from daemon.connection import make_client
 from daemon.subscriber import PingDeadline, SubscriptionSilent, _PubSub
@@ -63,15 +64,15 @@ def publish_until_handled(
 ) -> float:
     """Publish `<prefix><n>` every 50 ms until one is handled; returns the seconds it took."""
     started = time.monotonic()
-    n = 0
-    while time.monotonic() - started < timeout:
+    numbers = itertools.count()
+
+    def handled() -> bool:
         with contextlib.suppress(redis.RedisError):  # a fault may hit this client too
-            client.publish(channel, f"{prefix}{n}")
-        n += 1
-        time.sleep(0.05)
-        if any(body.startswith(prefix) for body in taskd.done_bodies()):
-            return time.monotonic() - started
-    raise AssertionError(f"no message {prefix}* handled within {timeout} s")
+            client.publish(channel, f"{prefix}{next(numbers)}")
+        return any(body.startswith(prefix) for body in taskd.done_bodies())
+
+    wait_until(handled, timeout, f"a message {prefix}* handled")
+    return time.monotonic() - started
 
 
 def scrape(port: int) -> str:
@@ -181,7 +182,7 @@ def test_handler_running_past_the_ping_deadline_is_not_a_dead_connection(
     client.publish(C, f"slow:{4 * PING}:long")
     client.publish(C, "next")
     wait_until(lambda: len(taskd.done_bodies()) == 2, 4 * PING + 3, "both handled")
-    time.sleep(PING)
+    stays_true(lambda: not daemon.events("redis.disconnected"), PING, "no disconnect")
     assert not daemon.events("redis.disconnected")
 
 
@@ -203,7 +204,8 @@ def test_blackholed_subscription_is_detected_by_the_ping_deadline_and_recovered(
         detected = time.monotonic() - holed
         assert detected <= 2 * PING + 1.0, f"noticed after {detected:.2f} s"
         assert "no PONG" in lines[0]["error"]
-        time.sleep(2)  # reconnect attempts meanwhile are black-holed too
+        # the black hole lasts 2 s more: reconnect attempts meanwhile are black-holed too
+        stays_true(lambda: daemon.proc.poll() is None, 2, "the subscriber under the black hole")
         proxy.set_mode("pass")
         took = publish_until_handled(taskd, client, "after", CAP + 2 + 2)
         assert took <= CAP + 2, f"flowing again after {took:.2f} s"
@@ -227,7 +229,7 @@ def test_redis_restart_resubscribes_and_counts_the_unsubscribed_seconds(
     redis_server.stop()
     down = time.monotonic()
     daemon.wait_for_event("redis.disconnected", 2 * PING + 1.0)
-    time.sleep(1.0)
+    stays_true(lambda: daemon.proc.poll() is None, 1.0, "the subscriber during the outage")
     restarted = time.monotonic()
     redis_server.start()
     down_for = restarted - down
@@ -253,7 +255,11 @@ def test_redis_down_at_start_is_waited_out_not_an_exit(
     daemon = subscribe(taskd, server.url, "--channel", C)
     first = daemon.wait_for_event("redis.disconnected", 5)[0]
     assert first["first_contact"] is True
-    time.sleep(1.0)  # several attempts, one log line, no exit
+    stays_true(  # several attempts, one log line, no exit
+        lambda: daemon.proc.poll() is None and len(daemon.events("redis.disconnected")) == 1,
+        1.0,
+        "one disconnect line and no exit while Redis is down",
+    )
     assert daemon.proc.poll() is None and len(daemon.events("redis.disconnected")) == 1
     server.start()
     try:
@@ -379,7 +385,8 @@ def test_idle_subscriber_keeps_its_connection_and_stops_within_a_poll(
 ) -> None:
     daemon = subscribe(taskd, redis_server.url, "--channel", C)
     daemon.wait_for_event("pubsub.subscribed", 10)
-    time.sleep(4 * PING)  # quiet, but the PONGs keep it alive
+    # quiet, but the PONGs keep it alive
+    stays_true(lambda: not daemon.events("redis.disconnected"), 4 * PING, "an idle connection")
     assert not daemon.events("redis.disconnected")
     asked = time.monotonic()
     daemon.signal(signal.SIGINT)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DaemonFactory, RedisServer, wait_until
+from conftest import DaemonFactory, RedisServer, stays_true, wait_until
 from daemon import sd_notify
 from tools.harness.ports import free_port
 
@@ -197,7 +197,7 @@ def test_watchdog_pings_follow_progress_and_stop_when_the_process_freezes(
     daemon.signal(signal.SIGSTOP)  # frozen as a whole: what no in-process thread can report
     try:
         frozen = time.monotonic() + 0.3  # a datagram already in flight may still land
-        time.sleep(2.0)  # observing a silence: nothing to poll for
+        stays_true(lambda: notify.pings(frozen) == [], 2.0, "silence of a frozen process")
         assert notify.pings(frozen) == []
     finally:
         daemon.signal(signal.SIGCONT)
@@ -222,7 +222,7 @@ def test_watchdog_pings_stop_while_a_handler_holds_the_gil(
     redis_server.client().lpush("task:prodcons:queue", b"stuck")
     wait_until(lambda: redis_server.client().llen("task:prodcons:queue") == 0, 10, "claimed")
     stuck = time.monotonic() + 0.6  # one tick for a ping that was already due
-    time.sleep(3.0)  # observing a silence: nothing to poll for
+    stays_true(lambda: notify.pings(stuck) == [], 3.0, "silence while the GIL is held")
     assert notify.pings(stuck) == []
     assert daemon.proc.poll() is None  # alive and stuck: only systemd's watchdog can act
     daemon.stop()
@@ -277,7 +277,8 @@ def test_watchdog_of_another_process_is_not_pinged(
         **notify.env(WATCHDOG_USEC=WATCHDOG_USEC, WATCHDOG_PID=str(os.getpid())),
     )
     ready = notify.wait_for("READY", "1", 20)
-    time.sleep(1.5)  # observing a silence: three ping intervals
+    # three ping intervals of silence
+    stays_true(lambda: notify.pings(ready - 5) == [], 1.5, "no ping for another's watchdog")
     assert notify.pings(ready - 5) == []
 
 
