@@ -1,14 +1,10 @@
-"""Pure pieces, called directly: backoff policies, stall decisions, dead-letter format."""
+"""The Redis link, called directly: its state changes and which errors are worth a retry."""
 
 from __future__ import annotations
 
-import base64
-import json
 from typing import Any
 
 from daemon.connection import LinkState, is_transient
-from daemon.liveness import Snapshot, stall_reason
-from daemon.reliable import dead_letter_body, dead_letter_entry, parse_dead_letter
 
 
 class FakeClock:
@@ -48,32 +44,7 @@ def test_link_state_logs_each_state_change_once_with_outage_length() -> None:
     assert log.events[-1][1]["outage_seconds"] == 12.5
 
 
-def test_stall_reason_idle_loop_versus_running_task() -> None:
-    assert stall_reason(Snapshot(5, None, None), 60, 300) is None
-    assert "stall-timeout" in (stall_reason(Snapshot(61, None, None), 60, 300) or "")
-    # while a task runs, only the task timeout counts
-    assert stall_reason(Snapshot(200, "q:abc", 200), 60, 300) is None
-    assert "task-timeout" in (stall_reason(Snapshot(301, "q:abc", 301), 60, 300) or "")
-
-
-def test_dead_letter_entry_keeps_utf8_and_base64_for_binary() -> None:
-    text = json.loads(dead_letter_entry("héllo".encode(), "E", 5, "w", 1.5))
-    assert text["body"] == "héllo" and text["body_encoding"] == "utf-8"
-    assert set(text) >= {"body", "error", "attempts", "worker", "failed_at"}
-    raw = b"\xff\x00\xfe"
-    binary = json.loads(dead_letter_entry(raw, "E", 5, "w", 1.5))
-    assert binary["body_encoding"] == "base64"
-    assert base64.b64decode(binary["body"]) == raw
-    assert dead_letter_body(binary) == raw
-
-
-def test_damaged_dead_letters_are_shown_not_raised() -> None:
-    doc = parse_dead_letter(b"\xff not json")
-    assert doc["body"] is None and "unreadable" in doc["error"]
-    assert dead_letter_body(doc) is None
-
-
-def test_transient_versus_fatal_errors() -> None:
+def test_outages_and_busy_servers_are_retried_but_auth_and_unknown_commands_are_fatal() -> None:
     import redis
 
     assert is_transient(redis.ConnectionError("refused"))
