@@ -111,7 +111,7 @@ def test_password_never_appears_in_url_errors() -> None:
         ),
     ],
 )
-def test_redis_urls_parse(url: str, hosts: tuple, db: int, extra: dict) -> None:
+def test_redis_urls_parse_to_hosts_and_db(url: str, hosts: tuple, db: int, extra: dict) -> None:
     target = redis_url.parse(url)
     assert target.hosts == hosts
     assert target.db == db

@@ -123,7 +123,7 @@ def test_redis_restart_loses_no_task(
     assert daemon.proc.poll() is None
 
 
-def test_client_kill_of_the_consumer_connection(
+def test_a_killed_claim_connection_is_replaced_and_no_task_is_lost(
     redis_server: RedisServer, taskd: DaemonFactory
 ) -> None:
     taskd.consume(redis_server.url, "--queue", Q, *HANDLER, *FAST, "--worker-id", "w1")
@@ -219,7 +219,7 @@ def test_lost_claim_reply_is_reconciled_without_waiting_for_death(
 
 
 @pytest.mark.parametrize("how", ["sigstop", "debug_sleep"])
-def test_stalled_server_that_keeps_tcp_alive(
+def test_a_stalled_server_that_keeps_tcp_alive_is_detected_and_no_task_is_lost(
     redis_server: RedisServer, taskd: DaemonFactory, how: str
 ) -> None:
     daemon = taskd.consume(redis_server.url, "--queue", Q, *HANDLER, *FAST, "--worker-id", "w1")
@@ -283,7 +283,7 @@ def test_loading_after_restart_is_waited_out(tmp_path: Path, taskd: DaemonFactor
         server.stop()
 
 
-def test_unblocked_and_readonly_after_replica_promotion(
+def test_a_replica_promotion_unblocks_the_claim_and_readonly_is_waited_out(
     tmp_path: Path, taskd: DaemonFactory
 ) -> None:
     a = RedisServer(tmp_path / "a")

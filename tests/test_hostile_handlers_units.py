@@ -288,7 +288,7 @@ def test_what_cannot_be_a_handler_is_a_one_line_config_error(target: Any, expect
     assert message.endswith("expected a function (def or async def) called with the task body")
 
 
-def test_load_wraps_the_builtins() -> None:
+def test_a_builtin_handler_loads_wrapped_and_runs() -> None:
     call = handlers.load("daemon.handlers:noop")
     assert call.__wrapped__ is handlers.noop  # type: ignore[attr-defined]
     assert call(b"x") is None

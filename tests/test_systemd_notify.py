@@ -250,7 +250,7 @@ def test_watchdog_pings_last_while_a_task_is_within_its_timeout_and_stop_past_it
     assert daemon.events("watchdog.stall")
 
 
-def test_abstract_notify_socket(taskd: DaemonFactory, redis_server: RedisServer) -> None:
+def test_pings_reach_an_abstract_socket(taskd: DaemonFactory, redis_server: RedisServer) -> None:
     notify = NotifySocket(abstract=True)
     try:
         assert notify.env_value.startswith("@")

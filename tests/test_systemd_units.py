@@ -88,7 +88,7 @@ def test_units_hardening_keeps_exposure_low(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", SERVICES)
-def test_unit_contract(name: str) -> None:
+def test_units_restart_on_failure_but_not_on_bad_config_and_give_time_to_drain(name: str) -> None:
     """Type=notify, restarts but not on bad configuration, SIGTERM with time to drain."""
     service = unit(name)["Service"]
     assert service["Type"] == "notify"
