@@ -73,8 +73,7 @@ def alive(daemon: Daemon) -> Callable[[], bool]:
 @pytest.fixture
 def aof_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server that persists every write (AOF, fsync always), so kill -9 loses nothing."""
-    server = RedisServer(tmp_path / "aof", None, "--appendonly", "yes", "--appendfsync", "always")
-    server.workdir.mkdir()
+    server = RedisServer(tmp_path / "aof", aof=True)
     server.start()
     yield server
     server.stop()
