@@ -33,7 +33,10 @@ def _append(path: str, line: str) -> None:
         os.close(fd)
 
 
-def _write(phase: str, text: str) -> None:
+def _write(phase: str, text: str | bytes) -> None:
+    """One record line; a bytes body is decoded as the handlers receive it (UTF-8, replaced)."""
+    if isinstance(text, bytes):
+        text = _text(text)
     _append(os.environ[RECORD_ENV], f"{os.getpid()} {phase} {text}\n")
 
 
