@@ -76,7 +76,7 @@ def test_every_special_character_in_a_password_parses_and_is_hidden(char: str) -
         assert target.password == password and target.path == "/run/r@1/redis.sock"
 
 
-def test_user_and_password_with_at_signs() -> None:
+def test_a_password_holding_at_signs_is_parsed_whole_and_hidden() -> None:
     assert redis_url.redact("redis://user:p@ss@host:1/0") == "redis://user:***@host:1/0"
     target = redis_url.parse("redis://user:p@ss@host:1/0")
     assert (target.username, target.password, target.hosts) == ("user", "p@ss", (("host", 1),))

@@ -73,7 +73,7 @@ def test_a_broken_logger_does_not_hide_the_death() -> None:
     assert deaths("helper-broken-log") == before + 1
 
 
-def test_guarded_thread_subclass_body_and_target() -> None:
+def test_a_guarded_thread_reports_its_death_from_a_body_or_a_target() -> None:
     progress, log = Progress(), Recorder()
 
     class Beat(GuardedThread):

@@ -131,7 +131,7 @@ def test_consumer_and_producer_work_over_tls_with_verification(
         server.stop()
 
 
-def test_mutual_tls_with_a_client_certificate(
+def test_consumer_works_over_mutual_tls_with_a_client_certificate(
     tmp_path: Path, pki: dict[str, Path], taskd: DaemonFactory
 ) -> None:
     server = tls_server(tmp_path, pki, auth_clients="yes")

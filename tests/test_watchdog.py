@@ -37,7 +37,7 @@ def test_processes_without_heartbeat_or_not_running_are_skipped() -> None:
     assert not decide({**RUNNING, "statename": "STOPPED"}, {"pid": 42, "time": 0}, 2000, 5).restart
 
 
-def test_restart_rate_limit_per_process_and_window() -> None:
+def test_restarts_are_limited_per_process_within_a_moving_window() -> None:
     limit = RateLimit(limit=2, window=100)
     assert [limit.allow("a", t) for t in (0, 1, 2)] == [True, True, False]
     assert limit.allow("b", 2)
