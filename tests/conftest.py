@@ -22,6 +22,7 @@ import redis
 from handlers_for_tests import RECORD_ENV, read_records
 from tools.harness import RedisServer, free_port, stays_true, wait_until
 from tools.harness import stack as harness_stack
+from tools.harness.memory import make_full
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -56,18 +57,13 @@ def full_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def fill(server: RedisServer) -> None:
-    """Append to a filler key until Redis refuses with OOM, then keep it full.
+    """Fill until Redis refuses with OOM, then keep it full (key "filler").
 
     maxmemory is then set a margin below what is used: freed client buffers, or draining a
     few small tasks, must not bring Redis back under its limit during the test.
     """
     client = server.client()
-    chunk = b"x" * 65536
-    with pytest.raises(redis.exceptions.OutOfMemoryError):
-        for _ in range(1000):
-            client.append("filler", chunk)
-    used = int(client.info("memory")["used_memory"])
-    client.config_set("maxmemory", str(used - 256 * 1024))
+    make_full(client, 256 * 1024)
     with pytest.raises(redis.exceptions.OutOfMemoryError):
         client.set("probe", "1")
 

@@ -4,6 +4,7 @@ Real processes only: redis-server on free loopback ports (never 6379), superviso
 shipped conf, waits on observable state instead of sleeps.
 """
 
+from tools.harness.memory import make_full, used_memory
 from tools.harness.ports import free_port, free_port_block
 from tools.harness.processes import end_process, kill9, pids_mentioning, spawn
 from tools.harness.producer import Producer
@@ -20,9 +21,11 @@ __all__ = [
     "free_port",
     "free_port_block",
     "kill9",
+    "make_full",
     "pids_mentioning",
     "poll_until",
     "spawn",
     "stays_true",
+    "used_memory",
     "wait_until",
 ]
