@@ -31,6 +31,20 @@ def port_block(count: int) -> int:
         raise StackError(str(exc)) from None
 
 
+def ancestors() -> set[int]:
+    """This process and its parents up to init: a `--run-dir` given to `make soak` is in make's
+    command line too, and the soak must not take its own caller for a leftover."""
+    found, pid = set(), os.getpid()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+                pid = int(handle.read().rsplit(")", 1)[1].split()[1])  # the field after state
+        except (OSError, IndexError, ValueError):
+            break
+    return found
+
+
 def proc_status(pid: int) -> tuple[float, int, str] | None:
     """(RSS in MB, open fds, state letter) of a live process from /proc; None when gone."""
     try:

@@ -24,7 +24,13 @@ from tools.harness import (
     poll_until,
     spawn,
 )
-from tools.soak.processes import ProxyControl, ProxyProcess, port_block, supervisor_rpc
+from tools.soak.processes import (
+    ProxyControl,
+    ProxyProcess,
+    ancestors,
+    port_block,
+    supervisor_rpc,
+)
 from tools.soak.settings import (
     KINDS,
     MAX_SOCKET_PATH,
@@ -210,7 +216,6 @@ class OwnedStack(Stack):
         self.conf.write_text(text)
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
         env.update(self.timings.env())
-        env["PYTHONPATH"] = str(ROOT)
         env["SOAK_RECORDS_DIR"] = str(self.records_dir)
         self.supervisord = spawn(
             [str(bin_dir / "supervisord"), "-n", "-c", str(self.conf)],
@@ -277,7 +282,7 @@ class OwnedStack(Stack):
         self.redis.stop(15.0, hurry)
         # children of a supervisord that had to be killed: found by the run folder in their
         # command line (unique to this run), never by a broad name
-        for pid in pids_mentioning(str(self.run_dir)):
+        for pid in set(pids_mentioning(str(self.run_dir))) - ancestors():
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         if self.sock_dir is not None:
