@@ -16,9 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tools.harness.ports import free_port
 from tools.harness.processes import end_process, kill9, spawn
+
+# A probe asks once: redis-py's default retries (with backoff) would make every "not yet" or
+# "gone" answer take seconds.
+_PROBE: dict[str, Any] = {
+    "socket_timeout": 1,
+    "socket_connect_timeout": 1,
+    "retry": Retry(NoBackoff(), 0),
+}
 
 
 class RedisStartError(RuntimeError):
@@ -107,7 +117,7 @@ class RedisServer:
 
     def answers(self) -> bool:
         """True when the server replies to PING (a refusal to an unauthenticated PING counts)."""
-        client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        client = redis.Redis(port=self.port, **_PROBE)
         try:
             return bool(client.ping())
         except (redis.AuthenticationError, redis.ResponseError):
@@ -120,7 +130,7 @@ class RedisServer:
     def ping(self) -> bool:
         """True when an authenticated PING succeeds (False on any error)."""
         try:
-            client = self.client(socket_timeout=1, socket_connect_timeout=1)
+            client = self.client(**_PROBE)
             try:
                 return bool(client.ping())
             finally:
