@@ -130,17 +130,20 @@ def proxy_mode(soak: SoakRun, run: FaultRun, mode: str, **params: float) -> Iter
 
 
 def blackhole(soak: SoakRun, run: FaultRun) -> Steps:
+    """Every flow silently dropped for the fault's active time."""
     with proxy_mode(soak, run, "blackhole"):
         yield soak.plan[run.index].active
 
 
 def latency(soak: SoakRun, run: FaultRun) -> Steps:
+    """A slow link (the run's latency and jitter) for the fault's active time."""
     params = {"latency_ms": run.params["latency_ms"], "jitter_ms": run.params["jitter_ms"]}
     with proxy_mode(soak, run, "latency", **params):
         yield soak.plan[run.index].active
 
 
 def reset(soak: SoakRun, run: FaultRun) -> Steps:
+    """Every connection reset at once (an action: nothing to hold)."""
     run.started = time.time()
     state = _proxy(soak).set_mode("reset")
     run.ended = time.time()
@@ -150,6 +153,7 @@ def reset(soak: SoakRun, run: FaultRun) -> Steps:
 
 # -- Redis --------------------------------------------------------------------------------------
 def redis_kill(soak: SoakRun, run: FaultRun) -> Steps:
+    """Kill -9 Redis and start it again from its AOF."""
     assert soak.stack is not None
     run.started = time.time()
     run.ended = soak.stack.redis_kill_restart()
@@ -158,6 +162,7 @@ def redis_kill(soak: SoakRun, run: FaultRun) -> Steps:
 
 
 def redis_stop(soak: SoakRun, run: FaultRun) -> Steps:
+    """Redis frozen (SIGSTOP) for the fault's active time, then SIGCONT."""
     assert soak.stack is not None
     soak.stack.redis_signal(signal.SIGSTOP)
     soak.redis_paused = True
@@ -295,6 +300,7 @@ def _consumer_pid(soak: SoakRun, run: FaultRun) -> Generator[float, None, int]:
 
 
 def consumer_kill(soak: SoakRun, run: FaultRun) -> Steps:
+    """Kill -9 the target consumer (supervisord restarts it)."""
     pid = yield from _consumer_pid(soak, run)
     run.old_pid = pid
     os.kill(pid, signal.SIGKILL)
@@ -303,6 +309,7 @@ def consumer_kill(soak: SoakRun, run: FaultRun) -> Steps:
 
 
 def consumer_stop(soak: SoakRun, run: FaultRun) -> Steps:
+    """Freeze the target consumer until the outside watchdog replaced it (bounded)."""
     assert soak.stack is not None
     spec = soak.specs[run.kind]
     pid = yield from _consumer_pid(soak, run)
@@ -348,10 +355,12 @@ def _inject(soak: SoakRun, run: FaultRun, kind: str, count: int, poll: float = 0
 
 
 def fail_burst(soak: SoakRun, run: FaultRun) -> Steps:
+    """A burst of tasks whose handler raises (they must end as dead letters)."""
     yield from _inject(soak, run, "fail", int(run.params.get("count", 10)))
 
 
 def hang(soak: SoakRun, run: FaultRun) -> Steps:
+    """One task whose handler never returns (the stall watchdog must act)."""
     yield from _inject(soak, run, "hang", 1)
 
 
