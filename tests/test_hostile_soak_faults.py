@@ -18,6 +18,7 @@ from conftest import ROOT, RedisServer, wait_until
 from daemon import config
 from daemon.keys import QueueKeys
 from tools import soak
+from tools.harness.memory import make_full, used_memory
 from tools.soak import LONG_OUTAGE, OOM, Evidence, FaultRun, ProcessEvent
 
 SCRIPT = str(ROOT / "scripts" / "soak.py")
@@ -134,8 +135,8 @@ def test_a_push_refused_by_a_full_redis_is_not_produced_and_an_injection_waits_f
     client = redis_server.client()
     pending_key = QueueKeys("q").pending
     client.config_set("maxmemory-policy", "noeviction")
-    client.config_set("maxmemory", str(soak.used_memory(client) + 2**20))
-    soak.make_full(client, 2 * soak.OOM_CHUNK)  # Redis refuses writes now
+    client.config_set("maxmemory", str(used_memory(client) + 2**20))
+    make_full(client, 2 * soak.OOM_CHUNK, soak.OOM_FILLER_KEY, soak.OOM_CHUNK)  # refuses writes now
     producer = soak.Producer(
         redis_server.url, "q", "ch", rate=100, pubsub_rate=0, produced_path=tmp_path / "p.tsv",
         base=1000,

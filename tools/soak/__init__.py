@@ -10,10 +10,11 @@ verdict is reconciled from the records: nothing lost, every fault detected and r
 its bound, dead letters exactly the tasks designed to fail, no memory or fd slope. See
 docs/soak.md.
 
-Modules: settings (constants, kinds, timings, bounds), schedule, faults (REGISTRY of injections)
-and oom, records (and reconciliation), evidence and evaluation (each fault's verdict), leaks,
-processes, supervisord_conf, stack and attached (the stacks), producer (and sampler), progress,
-run (one SoakRun), analysis, report, cli; handler runs inside the consumers.
+Modules: settings (constants, kinds, timings, bounds), schedule, faults (REGISTRY of
+injections), records (and reconciliation), evidence and evaluation (each fault's verdict),
+leaks, processes, supervisord_conf, stack and attached (the stacks), producer (and sampler),
+progress, run (one SoakRun), analysis, report, cli; handler runs inside the consumers. Redis,
+ports, child processes, waiting and filling Redis are the harness's (tools/harness).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from tools.soak.evidence import (
 )
 from tools.soak.faults import REGISTRY
 from tools.soak.leaks import LeakPolicy, judge_process, read_samples
-from tools.soak.oom import make_full, used_memory
 from tools.soak.producer import Producer
 from tools.soak.progress import ProgressLine
 from tools.soak.records import (
@@ -145,7 +145,6 @@ __all__ = [
     "fault_specs",
     "judge_process",
     "main",
-    "make_full",
     "parse_duration",
     "parse_faults",
     "parse_json_events",
@@ -159,7 +158,6 @@ __all__ = [
     "reconcile",
     "redis_errors_total",
     "soak_timings",
-    "used_memory",
     "wait_ready",
     "write_reports",
 ]

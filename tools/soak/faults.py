@@ -15,8 +15,8 @@ import urllib.request
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
+from tools.harness.memory import fill_until_refused, make_full, used_memory
 from tools.soak.evidence import FaultRun, redis_errors_total
-from tools.soak.oom import fill, make_full, used_memory
 from tools.soak.processes import ProxyControl, proc_status
 from tools.soak.records import dead_letter_id
 from tools.soak.settings import (
@@ -250,14 +250,14 @@ def oom(soak: SoakRun, run: FaultRun) -> Steps:
         client.config_set("maxmemory", str(used_memory(client) + margin))
         yield from _inject(soak, run, "ok", backlog, poll=0.02)
         run.notes[-1] = "backlog " + run.notes[-1]
-        used, limit = make_full(client, size + 2 * OOM_CHUNK)
+        used, limit = make_full(client, size + 2 * OOM_CHUNK, OOM_FILLER_KEY, OOM_CHUNK, most=512)
         run.started = time.time()
         run.counts["maxmemory"] = limit
         refused_before = soak.producer.push_refused if soak.producer else 0
         peak = used
         while time.time() < run.started + soak.plan[run.index].active:
             yield 0.25
-            fill(client, most=16)
+            fill_until_refused(client, OOM_FILLER_KEY, OOM_CHUNK, most=16)
             peak = max(peak, used_memory(client))
         run.counts["producer_pushes_refused"] = (
             soak.producer.push_refused - refused_before if soak.producer else 0
