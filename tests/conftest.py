@@ -29,9 +29,12 @@ TESTS = Path(__file__).resolve().parent
 __all__ = [
     "ROOT",
     "TESTS",
+    "Daemon",
+    "DaemonFactory",
     "RedisServer",
     "Stack",
     "blocked_claims",
+    "fill",
     "free_port",
     "stays_true",
     "wait_until",
