@@ -93,4 +93,3 @@ def test_sigabrt_dumps_the_stacks_of_the_watchdog_listener_and_writes_no_core(
     err = (tmp_path / "listener.err").read_text(errors="replace")
     assert "Fatal Python error: Aborted" in err and " in serve_events" in err, err[-2000:]
     assert not core_files(tmp_path, listener.pid)
-

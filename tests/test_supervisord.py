@@ -24,6 +24,8 @@ def _listening(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
 STALL = 4.0
 FAST_ENV = {
     "TASKD_BLOCK_TIMEOUT": "1",
