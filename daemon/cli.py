@@ -55,7 +55,7 @@ LOOP_FIELDS = (  # settings of every long-running loop (consume, subscribe)
     "require_noeviction",
 )
 PRODUCER_FIELDS = ("wait_replicas", "wait_timeout")  # enqueue, publish, web
-CONSUME_FIELDS = ("queues", *LOOP_FIELDS)
+CONSUME_FIELDS = ("queues", "prefetch", "concurrency", *LOOP_FIELDS)
 EXIT_UNAVAILABLE = 69  # a one-shot command could not reach Redis (or replicas did not confirm)
 EXIT_IO = 74  # a producer could not read its input (EX_IOERR)
 
@@ -172,6 +172,9 @@ HELPS = {
     "wait_replicas": "after each push, wait until this many replicas have it (Redis WAIT); "
     "exit 69 / HTTP 503 when they do not confirm within --wait-timeout (0 = do not wait)",
     "wait_timeout": "seconds to wait for --wait-replicas to confirm a push",
+    "prefetch": "claim up to N waiting tasks in one round trip (batched claims and acks)",
+    "concurrency": "handle up to N tasks at once: N threads for a plain handler, N coroutines "
+    "for an async def handler",
 }
 SUBSCRIBE_FIELDS = ("channels", "patterns", "ping_interval", "durable", *LOOP_FIELDS)
 

@@ -77,6 +77,8 @@ class Settings:
     require_noeviction: bool = False  # refuse to start unless maxmemory-policy is noeviction
     wait_replicas: int = 0  # producers: replicas that must confirm each push (WAIT); 0 = none
     wait_timeout: float = 1.0  # producers: seconds to wait for those replicas
+    prefetch: int = 1  # consume: tasks claimed per round trip (batched claims and acks)
+    concurrency: int = 1  # consume: tasks handled at once (threads, or coroutines if async)
 
     def with_derived(self) -> Settings:
         """Fill in values that default to a function of others (socket timeout, TTL, ...)."""
@@ -143,6 +145,8 @@ SPECS: dict[str, _Spec] = {
     "require_noeviction": _Spec("bool", "true or false"),
     "wait_replicas": _Spec("int0", "a whole number of replicas >= 0"),
     "wait_timeout": _Spec("float", "seconds > 0"),
+    "prefetch": _Spec("int", "a whole number 1-1000"),
+    "concurrency": _Spec("int", "a whole number 1-1000"),
 }
 # TASKD_* variables that are not settings of their own (secrets and the config file path).
 EXTRA_ENV = ("CONFIG", "REDIS_PASSWORD", "SENTINEL_PASSWORD", "WEB_TOKEN")
@@ -156,6 +160,8 @@ INT_RANGES = {
     "keepalive_count": (1, 127),
     "max_attempts": (1, 1_000_000),
     "wait_replicas": (0, 1000),
+    "prefetch": (1, 1000),
+    "concurrency": (1, 1000),
 }
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
