@@ -17,7 +17,7 @@ import pytest
 
 from conftest import DaemonFactory, RedisServer, free_port, wait_until
 from daemon.keys import DEFAULT_QUEUE
-from daemon.web import ServedHosts
+from daemon.web_guard import ServedHosts
 
 Q = DEFAULT_QUEUE
 TASK = json.dumps({"queue": Q, "body": "transfer everything"}).encode()
