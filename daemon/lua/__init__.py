@@ -60,8 +60,12 @@ def names() -> list[str]:
 
 @functools.cache
 def script(name: str) -> LuaScript:
-    """The script `name`, its header parsed; ValueError when the header breaks the rule."""
-    source = resources.files(__package__).joinpath(f"{name}.lua").read_text("utf-8")
+    """The script `name` of this package, its header parsed (see `parse`)."""
+    return parse(name, resources.files(__package__).joinpath(f"{name}.lua").read_text("utf-8"))
+
+
+def parse(name: str, source: str) -> LuaScript:
+    """Read the named KEYS/ARGV locals; ValueError when a fixed slot is read elsewhere."""
     named: dict[str, list[str]] = {"KEYS": [], "ARGV": []}
     code = [line.split("--", 1)[0].rstrip() for line in source.splitlines()]  # no comments
     for number, line in enumerate(code, 1):
