@@ -6,17 +6,15 @@ redis-server, with settings from TASKD_* only, as an operator would run it.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from web_harness import request_json
 
 from conftest import ROOT, RedisServer, free_port, wait_until
 from daemon.keys import DEFAULT_QUEUE, QueueKeys
@@ -74,15 +72,7 @@ class Gunicorn:
         self, path: str, doc: dict[str, Any] | None = None, headers: dict[str, str] | None = None
     ) -> tuple[int, dict[str, Any]]:
         """(status, JSON body) of a GET, or of a JSON POST when `doc` is given."""
-        data = json.dumps(doc).encode() if doc is not None else None
-        req = urllib.request.Request(self.url(path), data=data, headers=headers or {})
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=5) as answer:
-                return answer.status, json.loads(answer.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
+        return request_json(self.url(path), doc, headers, timeout=5)
 
     def wait_ready(self) -> None:
         def answers() -> bool:
