@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import faulthandler
+import itertools
 import json
 import logging
 import os
@@ -51,14 +52,21 @@ class Snapshot:
 
 
 class Progress:
-    """The loop's progress clock; thread-safe reads from the watchdog and /healthz."""
+    """The loop's progress clock; thread-safe reads from the watchdog and /healthz.
+
+    Several tasks may run at once (--concurrency): each is timed from its own start and the
+    snapshot shows the oldest, so the task timeout covers every one of them.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._last = clock()
-        # (description, start) of the running task, replaced as a whole: one attribute
-        # store is atomic for readers in other threads, so the hot path takes no lock
-        self._task: tuple[str, float] | None = None
+        # key -> (description, start) of each running task (several with --concurrency),
+        # replaced as a whole: one attribute store is atomic for readers in other threads,
+        # so readers take no lock; writers (the handler threads) take `_write`.
+        self._tasks: dict[int, tuple[str, float]] = {}
+        self._write = threading.Lock()
+        self._keys = itertools.count(1)
         # Work clock (for /healthz): a task claimed or settled, or a claim that found the
         # queue empty. Failed Redis retries turn the loop but do no work: they do not count.
         self._last_work = self._last
@@ -84,23 +92,40 @@ class Progress:
         """A helper thread ended by an unexpected exception: /healthz fails from now on."""
         self.dead_helpers[name] = error
 
-    def task_started(self, description: str) -> None:
-        self._task = (description, self._clock())
+    def task_started(self, description: str) -> int:
+        """A task started now; returns its key for `task_finished` (its timeout runs from now)."""
+        key = next(self._keys)
+        with self._write:
+            self._tasks = {**self._tasks, key: (description, self._clock())}
+        return key
 
-    def task_finished(self) -> None:
-        self._task = None
+    def task_finished(self, key: int | None = None) -> None:
+        """The task of `key` (None: every task) is done; the loop is not stuck."""
+        with self._write:
+            if key is None:
+                self._tasks = {}
+            else:
+                tasks = dict(self._tasks)
+                tasks.pop(key, None)
+                self._tasks = tasks
         self.mark()
 
+    def tasks_running(self) -> int:
+        """How many tasks are being handled now."""
+        return len(self._tasks)
+
     def snapshot(self) -> Snapshot:
+        """The loop's state; with several tasks running, the oldest one (the first to time out)."""
         now = self._clock()
-        task, last = self._task, self._last
-        if task is None:
+        tasks, last = self._tasks, self._last
+        if not tasks:
             return Snapshot(now - last, None, None)
-        return Snapshot(now - last, task[0], now - task[1])
+        oldest = min(tasks.values(), key=lambda task: task[1])
+        return Snapshot(now - last, oldest[0], now - oldest[1])
 
 
 def stall_reason(snap: Snapshot, stall_timeout: float, task_timeout: float) -> str | None:
-    """Why the loop counts as stuck, or None. While a task runs only its age counts."""
+    """Why the loop counts as stuck, or None. While tasks run only the oldest one's age counts."""
     if snap.task_age is not None:
         if snap.task_age > task_timeout:
             return f"task ran {snap.task_age:.1f} s, past --task-timeout {task_timeout:g} s"
