@@ -19,6 +19,7 @@ from web_harness import request_json
 from conftest import ROOT, RedisServer, free_port, wait_until
 from daemon.keys import DEFAULT_QUEUE, QueueKeys
 from daemon.reliable import TOKEN_CHARS
+from daemon.soak import end_process  # tools.harness.processes once the tools branch lands
 
 Q = DEFAULT_QUEUE
 GUNICORN = str(Path(sys.executable).parent / "gunicorn")
@@ -83,13 +84,7 @@ class Gunicorn:
         wait_until(answers, BOOT_DEADLINE, f"gunicorn on port {self.port}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        end_process(self.proc, 10.0, f"gunicorn on port {self.port}")
 
 
 @pytest.fixture
