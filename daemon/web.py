@@ -33,7 +33,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from daemon import metrics, web_server
 from daemon.config import ConfigError, Settings
-from daemon.connection import is_transient, make_client
+from daemon.connection import make_client
 from daemon.liveness import enable_stack_dumps
 from daemon.producer import (
     ReplicasNotConfirmed,
@@ -42,6 +42,7 @@ from daemon.producer import (
     parse_delay,
     publish,
 )
+from daemon.redis_errors import is_transient
 from daemon.status import queue_statuses
 from daemon.web_guard import (
     MAX_BODY_BYTES,

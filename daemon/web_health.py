@@ -20,9 +20,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
 from daemon import metrics
-from daemon.connection import refusal_reason
 from daemon.memory import MemoryState
 from daemon.producer import ReplicasNotConfirmed
+from daemon.redis_errors import refusal_reason
 
 # What the web process exports: the series it keeps true. The loops' series (progress clock,
 # reconnects, out-of-memory...) are declared in the same registry but never set here, and a
