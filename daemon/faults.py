@@ -30,8 +30,8 @@ from daemon import metrics
 from daemon.config import Settings
 from daemon.redis_errors import (
     RedisFatalError,
+    classify,
     fatal_reason,
-    is_transient,
     maybe_applied,
     refusal_reason,
 )
@@ -235,20 +235,20 @@ class RedisFaultPolicy:
         The backoff runs from `since` (default: the last `attempt()`). Raises RedisFatalError
         (exit 78) for a Redis error that waiting cannot cure, `exc` itself for any other error.
         """
-        if isinstance(exc, redis.exceptions.OutOfMemoryError):
-            # Redis answered: up but full, not an outage. Try again soon (a drain frees memory).
-            metrics.REDIS_ERRORS.labels(kind=type(exc).__name__).inc()
-            self.succeeded()
-            _run(self.on_oom)
-            self._wait(self.oom_poll, interruptible)
-            return
-        if not is_transient(exc):
+        fault = classify(exc)
+        if fault == "fatal":
             if isinstance(exc, redis.RedisError):
                 raise RedisFatalError(fatal_reason(exc, self.url)) from exc
             raise exc
         metrics.REDIS_ERRORS.labels(kind=type(exc).__name__).inc()
+        if fault == "full":
+            # Redis answered: up but full, not an outage. Try again soon (a drain frees memory).
+            self.succeeded()
+            _run(self.on_oom)
+            self._wait(self.oom_poll, interruptible)
+            return
         spent = self.clock() - (self.attempt_started if since is None else since)
-        if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
+        if fault == "unreachable":
             _run(self.on_disconnect)
         delay = max(0.0, self.link.failed(exc) - spent)
         self.log.debug("redis.retry", error=str(exc), delay=round(delay, 3))

@@ -9,6 +9,8 @@ had been written (`SENT`) and whether the server answered with an error reply (`
 
 from __future__ import annotations
 
+from typing import Literal
+
 import redis
 
 from daemon import redis_url
@@ -71,6 +73,27 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, redis.ResponseError):
         return str(exc).lower().startswith(_TRANSIENT_MESSAGES)
     return False
+
+
+# What a failed call tells about Redis, for whoever decides what to do next (daemon/faults.py
+# for the loops; a one-shot producer maps it to an exit code or an HTTP status).
+Fault = Literal["unreachable", "refused", "full", "fatal"]
+
+
+def classify(exc: BaseException) -> Fault:
+    """What `exc` says about Redis.
+
+    "unreachable": no answer (network, restart, failover; LOADING, which redis-py raises as a
+    connection error); "refused": an error reply that waiting cures (READONLY, BUSY...);
+    "full": out of memory, Redis is up; "fatal": waiting cannot cure it (exit 78).
+    """
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return "full"
+    if not is_transient(exc):
+        return "fatal"
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
+        return "unreachable"
+    return "refused"
 
 
 # What an error reply that waiting cures says about the server, by its error code.

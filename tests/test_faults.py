@@ -14,7 +14,7 @@ import redis
 from redis.backoff import ConstantBackoff
 
 from daemon.faults import Applied, Interrupted, LinkState, RedisFaultPolicy, Unknown
-from daemon.redis_errors import SENT, RedisFatalError
+from daemon.redis_errors import SENT, RedisFatalError, classify
 
 
 class Clock:
@@ -207,3 +207,15 @@ def test_failed_measures_the_backoff_from_an_earlier_start_when_told() -> None:
     clock.now += 1.0
     policy.failed(redis.ConnectionError("silent"), interruptible=True, since=clock.now - 3.0)
     assert stop.waits == [1.0]
+
+
+def test_classify_tells_unreachable_refused_full_and_fatal_apart() -> None:
+    assert classify(redis.ConnectionError("Connection refused")) == "unreachable"
+    assert classify(redis.TimeoutError("Timeout reading from socket")) == "unreachable"
+    assert classify(redis.exceptions.BusyLoadingError("LOADING")) == "unreachable"
+    assert classify(redis.ReadOnlyError("READONLY You can't write")) == "refused"
+    assert classify(redis.ResponseError("NOREPLICAS Not enough good replicas")) == "refused"
+    assert classify(redis.exceptions.OutOfMemoryError("OOM command not allowed")) == "full"
+    assert classify(redis.AuthenticationError("WRONGPASS")) == "fatal"
+    assert classify(redis.ConnectionError("certificate verify failed")) == "fatal"
+    assert classify(KeyError("a bug")) == "fatal"
