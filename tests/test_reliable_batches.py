@@ -3,6 +3,8 @@ atomicity, the owner check, and a full Redis."""
 
 from __future__ import annotations
 
+import select
+import socket
 import threading
 
 import pytest
@@ -122,6 +124,53 @@ def test_ack_batch_and_claim_survives_a_script_cache_flush(redis_server: RedisSe
     assert (acks, claimed) == ([(True, 0), (True, 0)], [])  # the claim was not carried out
     assert q.ack_batch_and_claim([], 2, scripted_claim=False) == ([], TASKS[2:4])  # reloaded
     assert r.ping()
+
+
+class _CutReplies:
+    """A loopback relay to Redis that, once `armed`, lets `budget` more reply bytes through and
+    then closes: the commands were sent and carried out, the replies after the budget lost."""
+
+    def __init__(self, upstream: int) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.upstream = upstream
+        self.budget: int | None = None
+        self.thread = threading.Thread(target=self._relay, daemon=True)
+        self.thread.start()
+
+    def _relay(self) -> None:
+        client, _ = self.listener.accept()
+        server = socket.create_connection(("127.0.0.1", self.upstream))
+        with client, server, self.listener:
+            while self.budget != 0:
+                ready, _, _ = select.select([client, server], [], [], 10)
+                if not ready:
+                    return
+                source, sink = (client, server) if client in ready else (server, client)
+                data = source.recv(65536)
+                if not data:
+                    return
+                if sink is client and self.budget is not None:
+                    data = data[: self.budget]
+                    self.budget -= len(data)
+                sink.sendall(data)
+
+
+def test_a_lost_claim_reply_is_flagged_and_its_claim_returned_unseen(
+    redis_server: RedisServer,
+) -> None:
+    admin, _ = _queue(redis_server)
+    relay = _CutReplies(redis_server.port)
+    q = ReliableQueue(redis.Redis(port=relay.port, socket_timeout=5), "jobs", "w0")
+    assert q.claim_batch(1) == [b"t0"]  # connected through the relay
+    q.preload()  # no NOSCRIPT reply in the way
+    relay.budget = len(b"*2\r\n:1\r\n:0\r\n")  # the ack's reply, not the claim's
+    acks, claimed = q.ack_batch_and_claim(_items(b"t0"), 3, scripted_claim=False)
+    assert (acks, claimed, q.claim_lost, q.claim_refused_oom) == ([(True, 0)], [], True, None)
+    assert admin.lrange("jobs:processing:w0", 0, -1) == TASKS[3:0:-1]  # it was carried out
+    survivor = ReliableQueue(admin, "jobs", "w0", q.owner)
+    assert survivor.return_unseen().returned == 3
+    assert survivor.claim_batch(3) == TASKS[1:4] and admin.hlen("jobs:attempts") == 0
 
 
 def test_return_unstarted_puts_a_drained_batch_back_in_front_in_claim_order(
