@@ -84,6 +84,7 @@ def _help(name: str, verb: str) -> str:
     else:
         default = getattr(Settings(), name)
         shown = ", ".join(default) if isinstance(default, tuple) else str(default)
+        shown = shown or "none"
     return f"{row.help_for(verb)} (env {env_name(name)}; default {shown})"
 
 
@@ -99,7 +100,8 @@ def add_settings(parser: argparse.ArgumentParser, verb: str) -> None:
         elif isinstance(row.kind, Flag):
             parser.add_argument(flag, dest=name, action="store_const", const=True, help=text)
         else:
-            parser.add_argument(flag, dest=name, help=text, metavar=name.upper().split("_")[-1])
+            metavar = row.metavar or name.upper().split("_")[-1]
+            parser.add_argument(flag, dest=name, help=text, metavar=metavar)
 
 
 def build_parser() -> argparse.ArgumentParser:

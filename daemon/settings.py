@@ -223,6 +223,7 @@ class Settings:
         "claim up to N waiting tasks in one round trip (batched claims and acks)",
         Whole("a whole number 1-1000", high=1000),
         (CONSUME,),
+        metavar="N",
     )
     concurrency: int = setting(
         1,
@@ -230,6 +231,7 @@ class Settings:
         "for an async def handler",
         Whole("a whole number 1-1000", high=1000),
         (CONSUME,),
+        metavar="N",
     )
     # the long-running loops (consume, subscribe)
     handler: str = setting(

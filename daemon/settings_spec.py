@@ -206,6 +206,7 @@ class Setting:
     verb_help: Mapping[str, str] = dataclasses.field(default_factory=dict)
     derive: Callable[[Any], Any] | None = None  # value from the other settings when not given
     derived_from: str = ""  # the derivation in words, for --help
+    metavar: str = ""  # the flag's value in --help (default: the last word of the name)
 
     def help_for(self, verb: str) -> str:
         """The help text of this setting's flag on `verb`."""
@@ -231,9 +232,10 @@ def setting(
     *,
     flag: str = "",
     verb_help: Mapping[str, str] | None = None,
+    metavar: str = "",
 ) -> T:
     """Declare a Settings field with its default, help, kind and verbs."""
-    row = Setting(kind, help, tuple(verbs), flag, dict(verb_help or {}))
+    row = Setting(kind, help, tuple(verbs), flag, dict(verb_help or {}), metavar=metavar)
     return dataclasses.field(default=default, metadata={METADATA_KEY: row})
 
 
