@@ -229,3 +229,20 @@ def test_batches_claim_settle_and_return_while_redis_is_full(
     assert q.return_unseen([b"t6"]).returned == 1
     assert r.lrange("jobs:processing:w0", 0, -1) == [b"t6"]
     assert r.lrange("jobs", -1, -1) == [b"t5"]
+
+
+def test_a_batch_of_the_largest_size_is_claimed_settled_and_returned_whole(
+    redis_server: RedisServer,
+) -> None:
+    bodies = [f"task-{i}".encode() for i in range(MAX_BATCH + 5)]
+    r, q = _queue(redis_server, bodies)
+    claimed = q.claim_batch(MAX_BATCH)
+    assert claimed == bodies[:MAX_BATCH] and r.llen("jobs") == 5
+    assert q.return_unstarted(claimed) == MAX_BATCH
+    claimed = q.claim_batch(MAX_BATCH)
+    assert q.ack_batch(_items(*claimed)) == [(True, 0)] * MAX_BATCH
+    assert r.llen("jobs:processing:w0") == 0 and r.zcard("jobs:stamps") == 5
+    with pytest.raises(ValueError, match="between 1 and"):
+        q.ack_batch(_items(*bodies))
+    with pytest.raises(ValueError, match="between 1 and"):
+        q.ack_batch_and_claim([], MAX_BATCH + 1, scripted_claim=True)
