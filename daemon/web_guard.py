@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
+from flask import Request
 
 from daemon.config import Settings
 
@@ -177,14 +178,14 @@ class RequestGuard:
         self.token = settings.web_token
         self.trust_listener = trust_listener
 
-    def check(self, request: Any) -> Refusal | None:
+    def check(self, request: Request) -> Refusal | None:
         """The refusal of a Flask `request`, or None when its route may run.
 
         The origin check comes first: a cross-site request is refused whatever it carries.
         """
         return self.same_origin(request) or self.bearer_token(request)
 
-    def same_origin(self, request: Any) -> Refusal | None:
+    def same_origin(self, request: Request) -> Refusal | None:
         """403 for a guarded route asked for under a foreign Host or from another origin."""
         if request.path not in GUARDED_ROUTES and not request.path.startswith(GUARDED_PREFIX):
             return None
@@ -202,7 +203,7 @@ class RequestGuard:
         _log.warning("web.request_refused", route=request.path, reason=reason)
         return Refusal(403, {"error": "request refused", "reason": reason})
 
-    def bearer_token(self, request: Any) -> Refusal | None:
+    def bearer_token(self, request: Request) -> Refusal | None:
         """With TASKD_WEB_TOKEN set, 401 for /api/* without `Authorization: Bearer <token>`.
 
         Compared in constant time, so response timing does not leak the token.
