@@ -76,13 +76,13 @@ def _whole(maximum: int) -> Callable[[str], int]:
     return parse
 
 
-def _help(name: str, verb: str) -> str:
+def _help(name: str, verb: str, defaults: Settings) -> str:
     """A setting's help on `verb`, with its environment twin and its default."""
     row = DECLARED[name]
     if row.derive is not None:
         shown = f"{row.derived_from}, also for 0"
     else:
-        default = getattr(Settings(), name)
+        default = getattr(defaults, name)
         shown = ", ".join(default) if isinstance(default, tuple) else str(default)
         shown = shown or "none"
     return f"{row.help_for(verb)} (env {env_name(name)}; default {shown})"
@@ -91,10 +91,11 @@ def _help(name: str, verb: str) -> str:
 def add_settings(parser: argparse.ArgumentParser, verb: str) -> None:
     """--config, then a flag for every setting declared for `verb` (values parsed by config)."""
     parser.add_argument("--config", help="TOML file with settings (env TASKD_CONFIG)")
+    defaults = Settings()
     for name, row in DECLARED.items():
         if verb not in row.verbs:
             continue
-        flag, text = flag_name(name), _help(name, verb)
+        flag, text = flag_name(name), _help(name, verb, defaults)
         if isinstance(row.kind, Names):
             parser.add_argument(flag, dest=name, action="append", help=text)
         elif isinstance(row.kind, Flag):

@@ -33,6 +33,7 @@ from daemon.settings_spec import (
 
 __all__ = [
     "DECLARED",
+    "DERIVED",
     "LOG_FORMATS",
     "LOG_LEVELS",
     "MAX_SECONDS",
