@@ -222,7 +222,7 @@ class ReliableQueue:
         if not plain:
             claim = self.scripts.command("claim_batch", self._claim_keys, [_bounded(n, "n")])
         ack_args = self._ack_args(items) if items else []
-        commands = (claim,)
+        commands: tuple[tuple[Any, ...], ...] = (claim,)
         if items:
             commands = (self.scripts.command("ack_batch", self._ack_keys, ack_args), claim)
         replies = self._send_pair(commands)  # written at once: daemon/pipelined.py
