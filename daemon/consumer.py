@@ -32,11 +32,11 @@ from daemon import exitcodes, metrics
 from daemon.claims import Claimed, Claimer
 from daemon.config import Settings
 from daemon.connection import make_client
-from daemon.faults import RedisFaultPolicy, Unknown
+from daemon.faults import Unknown
 from daemon.handlers import Handler
-from daemon.inflight import Runs, Slots, Task, make_slots
-from daemon.lifecycle import GracefulStop
+from daemon.inflight import InlineSlot, Runs, Slots, Task, make_slots
 from daemon.liveness import Progress
+from daemon.loop_base import RedisLoop
 from daemon.memory import (
     SAFE_POLICY,
     MemoryState,
@@ -61,7 +61,7 @@ BUSY_CLAIM_WAIT = 0.05  # seconds a claim blocks while tasks run: their acks wai
 ACK_WINDOW = 0.05  # seconds a finished task may wait for others to share its ack (--prefetch)
 
 
-class Consumer:
+class Consumer(RedisLoop):
     """Consumes the configured queues until asked to stop."""
 
     def __init__(
@@ -75,10 +75,19 @@ class Consumer:
         progress: Progress | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings = settings
-        self.handler = handler
         self.worker = settings.worker_id
-        self.log = structlog.get_logger("taskd.consumer").bind(worker=self.worker)
+        log = structlog.get_logger("taskd.consumer").bind(worker=self.worker)
+        lost = "tasks left in the processing list; they will be recovered"
+        super().__init__(
+            settings,
+            log,
+            role="consumer",
+            lost=lost,
+            backoff=backoff,
+            progress=progress,
+            clock=clock,
+        )
+        self.handler = handler
         self.client = client or make_client(settings, client_name=f"taskd-claim:{self.worker}")
         self.aux_client = aux_client or make_client(
             settings, client_name=f"taskd-aux:{self.worker}"
@@ -88,25 +97,6 @@ class Consumer:
         self.queues = [
             ReliableQueue(self.client, q, self.worker, self.owner) for q in settings.queues
         ]
-        self.progress = progress or Progress(clock)
-        self.clock = clock
-        self.stop = GracefulStop(
-            "consumer",
-            settings.drain_timeout,
-            self.log,
-            self.progress,
-            "tasks left in the processing list; they will be recovered",
-        )
-        self.stop_requested = self.stop.requested
-        self.faults = RedisFaultPolicy.for_loop(
-            settings,
-            self.log,
-            self.stop_requested,
-            backoff=backoff,
-            clock=clock,
-            progress=self.progress,
-        )
-        self.link = self.faults.link
         self.memory = MemoryState(self.link, self.log)
         self.claimer = Claimer(
             self.queues, settings.prefetch, self.memory, self.stop_requested, clock
@@ -135,46 +125,49 @@ class Consumer:
             self.queues, self.worker, settings.max_attempts, self.metrics, self.log
         )
         self.settler = Settler(self)
-        self.slots: Slots | None = None  # made by run(): threads only in a running consumer
+        self.slots: Slots = InlineSlot(handler, self._runs())  # begin() makes the real ones
         self.held: list[Task] = []  # claimed and not settled: what our processing lists hold
         self.unstarted: deque[Task] = deque()  # claimed ahead (--prefetch), oldest first
         self.finished: list[Task] = []  # handled, waiting for their ack
 
-    def request_stop(self, signum: int = 15, _frame: Any = None) -> None:
-        """First signal: stop claiming and drain. Second signal: exit at once."""
-        self.stop.request(signum, _frame)
+    def _runs(self) -> Runs:
+        return Runs(self.progress, self.metrics, self.clock)
 
-    # -- the loop ---------------------------------------------------------------------------
-    def run(self) -> int:
-        """Consume until stopped; returns the exit code (0 after a clean drain)."""
+    # -- the loop (its frame: daemon/loop_base.py) ------------------------------------------
+    def started_fields(self) -> dict[str, Any]:
         s = self.settings
-        self.log.info(
-            "consumer.started",
-            queues=list(s.queues),
-            redis=redact(s.redis_url),
-            block_timeout=s.block_timeout,
-            socket_timeout=s.socket_timeout,
-            max_attempts=s.max_attempts,
-            prefetch=s.prefetch,
-            concurrency=s.concurrency,
-            pid=os.getpid(),
-        )
-        runs = Runs(self.progress, self.metrics, self.clock)
-        self.slots = make_slots(s.concurrency, self.handler, runs, self.log)
+        return {
+            "queues": list(s.queues),
+            "redis": redact(s.redis_url),
+            "block_timeout": s.block_timeout,
+            "socket_timeout": s.socket_timeout,
+            "max_attempts": s.max_attempts,
+            "prefetch": s.prefetch,
+            "concurrency": s.concurrency,
+            "pid": os.getpid(),
+        }
+
+    def begin(self) -> None:
+        """Handler threads (or the event loop) and the heartbeat keeper: only when running."""
+        self.slots = make_slots(self.settings.concurrency, self.handler, self._runs(), self.log)
         self._task_heartbeat.start()
-        try:
-            while not self.stop_requested.is_set() or self.held:
-                self._turn_once(self.slots)
-            self._shutdown()
-        except WorkerIdLost as exc:
+
+    def turn(self) -> None:
+        self._turn_once(self.slots)
+
+    def end(self) -> None:
+        """Stopping: the tasks in flight finish (the drain timer bounds it), then goodbye."""
+        while self.held:
+            self._turn_once(self.slots)
+        self._shutdown()
+
+    def crashed(self, exc: Exception) -> None:
+        if isinstance(exc, WorkerIdLost):
             self.log.error("worker.id_lost", error=str(exc), exit_code=exitcodes.CONFIG)
-            raise
-        finally:
-            self._task_heartbeat.stop()
-            self.slots.close()
-            self.stop.finished()
-        self.log.info("consumer.stopped", exit_code=exitcodes.OK)
-        return exitcodes.OK
+
+    def close(self) -> None:
+        self._task_heartbeat.stop()
+        self.slots.close()
 
     def _turn_once(self, slots: Slots) -> None:
         self.faults.attempt()
