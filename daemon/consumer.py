@@ -58,6 +58,7 @@ HEARTBEAT_EVERY = 1.0  # seconds between heartbeats of a busy worker
 PROMOTE_EVERY = 1.0  # seconds between moves of due retries back to pending
 MAINTAIN_GRANULARITY = 0.1  # seconds: how often the loop looks at what is due
 BUSY_CLAIM_WAIT = 0.05  # seconds a claim blocks while tasks run: their acks wait that long
+IDLE_BEAT_MARGIN = 2.0  # seconds an idle worker's heartbeat has left, at least, when renewed
 ACK_WINDOW = 0.05  # seconds a finished task may wait for others to share its ack (--prefetch)
 
 
@@ -110,6 +111,7 @@ class Consumer(RedisLoop):
         self._reconcile_at: list[float] = []  # when to look for lost claim replies
         self._next: dict[str, float] = {}
         self._maintain_after = 0.0
+        self._beat_at = 0.0  # when the heartbeat was last sent
         self._ids = IdKeeper(
             self.queues, self.owner, settings.heartbeat_ttl, self.log, self.stop_requested.wait
         )
@@ -185,11 +187,15 @@ class Consumer(RedisLoop):
                 wait = BUSY_CLAIM_WAIT if slots.running else self.settings.block_timeout
                 self._hold(self.claimer.claim(wait))
                 self.progress.work_done()  # tasks, or the queue was empty: no stall
+                if self.held:  # maybe after an idle stretch: beat before a long task starts
+                    self._beat_if_due(self.clock())
         except Exception as exc:
-            # tasks claimed ahead may meanwhile be recovered by a peer: let the
-            # reconciliation after the reconnect return them instead of running them late
-            self._forget(list(self.unstarted))
-            self.unstarted.clear()
+            # tasks claimed ahead may meanwhile be recovered by a peer: let a reconciliation
+            # (the next turn's, or the one after the reconnect) return them, not run them late
+            if self.unstarted:
+                self._forget(list(self.unstarted))
+                self.unstarted.clear()
+                self._reconcile_at.append(self.clock())
             self.faults.failed(exc, interruptible=True)
             return
         self.faults.succeeded()
@@ -268,6 +274,7 @@ class Consumer(RedisLoop):
         for queue in self.queues:
             self.recovery.return_own(queue)
             queue.heartbeat(self.settings.heartbeat_ttl)
+        self._beat_at = self.clock()
         self._started = True
 
     def _check_server(self, startup: bool) -> None:
@@ -302,9 +309,7 @@ class Consumer(RedisLoop):
             return
         self._maintain_after = now + MAINTAIN_GRANULARITY
         s = self.settings
-        if self._due("heartbeat", min(HEARTBEAT_EVERY, s.heartbeat_ttl / 3), now):
-            for queue in self.queues:
-                queue.heartbeat(s.heartbeat_ttl)
+        self._beat_if_due(now)
         if self._due("promote", PROMOTE_EVERY, now):
             for queue in self.queues:
                 queue.promote_due()
@@ -312,10 +317,26 @@ class Consumer(RedisLoop):
         # first (see _reconnected), and our own lost claims are reconciled right after it.
         if self.link.connected and self._due("recover", s.recovery_interval, now):
             self.recovery.recover_dead_peers()
-            self._reconcile("periodic")
+            if self.recovery.holds_unseen(self.held):  # one LLEN per queue, mostly
+                self._reconcile("periodic")
         if any(t <= now for t in self._reconcile_at):
             self._reconcile_at = [t for t in self._reconcile_at if t > now]
             self._reconcile("after_reconnect")
+
+    def _beat_if_due(self, now: float) -> None:
+        """Refresh the heartbeat: every second while tasks are held; while idle, only as
+        often as it takes to outlive the next blocking claim with IDLE_BEAT_MARGIN to spare
+        (the TTL, and so how soon a dead worker is found, stays as set)."""
+        s = self.settings
+        due = self._beat_at + min(HEARTBEAT_EVERY, s.heartbeat_ttl / 3)
+        if not self.held:
+            margin = max(IDLE_BEAT_MARGIN, s.block_timeout / 2)
+            due = max(due, self._beat_at + s.heartbeat_ttl - s.block_timeout - margin)
+        if now < due:
+            return
+        self._beat_at = now
+        for queue in self.queues:
+            queue.heartbeat(s.heartbeat_ttl)
 
     def _reconcile(self, why: str) -> None:
         """Return claims whose reply never reached us; every task we hold stays."""

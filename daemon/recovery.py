@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from daemon import metrics
+from daemon.inflight import Task
 from daemon.reliable import ReliableQueue, dead_letter_entry, digest
 
 
@@ -100,6 +101,15 @@ class Recovery:
                 attempt=self.max_attempts,
                 error="its worker died while handling it",
             )
+
+    def holds_unseen(self, held: Iterable[Task]) -> bool:
+        """Whether a processing list holds more than the tasks we know of (a lost claim
+        reply): one LLEN per queue instead of a reconciliation script."""
+        held = list(held)
+        return any(
+            int(queue.client.llen(queue.processing)) > sum(t.queue is queue for t in held)
+            for queue in self.queues
+        )
 
     def reconcile(self, why: str, held: Iterable[tuple[ReliableQueue, bytes]]) -> None:
         """Return claims whose reply never reached us; the tasks in `held` stay (each once)."""

@@ -36,7 +36,7 @@ class Settler:
         claimed: Claimed = []
         for queue in self.c.queues:
             done = [t for t in tasks if t.queue is queue and t.error is None]
-            if done or (claim and queue is self.c.queues[0]):
+            if done:  # only an ack carries a claim; without one the next turn claims
                 claimed += self._ack(queue, done, claim if queue is self.c.queues[0] else 0)
         for task in tasks:
             if task.error is not None:
@@ -44,8 +44,6 @@ class Settler:
         return claimed
 
     def _ack(self, queue: ReliableQueue, done: list[Task], claim: int) -> Claimed:
-        if not done:
-            return []  # nothing to carry the claim: the next turn claims by itself
         items = [(t.body, t.digest) for t in done]
 
         def ack() -> tuple[list[tuple[bool, int]], list[bytes]]:
