@@ -1,9 +1,9 @@
 """Claiming: tasks from the pending lists into this worker's processing lists.
 
-While tasks are waiting, up to --prefetch of them are claimed in one round trip (one script,
-oldest first); an idle consumer blocks in a BLMOVE of one with a finite timeout, so a push is
-seen at once. Several queues are served in the order given (priority), each tried without
-blocking before one is blocked on, in turn.
+While tasks are waiting, a batch of them (--prefetch, or as many as there are free handler
+slots) is claimed in one round trip (one script, oldest first); an idle consumer blocks in a
+BLMOVE of one with a finite timeout, so a push is seen at once. Several queues are served in
+the order given (priority), each tried without blocking before one is blocked on, in turn.
 
 Redis full (OOM under noeviction) is not Redis down: BLMOVE and LMOVE are refused, so the
 claim becomes a non-blocking allow-oom script (polling), and a plain claim every
@@ -33,13 +33,11 @@ class Claimer:
     def __init__(
         self,
         queues: list[ReliableQueue],
-        prefetch: int,
         memory: MemoryState,
         stop: threading.Event,
         clock: Callable[[], float],
     ) -> None:
         self.queues = queues
-        self.prefetch = prefetch
         self.memory = memory
         self.stop = stop
         self.clock = clock
@@ -47,16 +45,16 @@ class Claimer:
         self._turn = 0
         self._found_empty = False
 
-    def claim(self, timeout: float) -> Claimed:
-        """Claim the next tasks: blocking up to `timeout` while Redis takes writes, polling
-        while it is full. Oldest first; [] when nothing came."""
+    def claim(self, timeout: float, n: int = 1) -> Claimed:
+        """Claim up to `n` waiting tasks in one round trip, else block up to `timeout` for
+        one (polling while Redis is full). Oldest first; [] when nothing came."""
         if self.memory.full:
-            return self._claim_when_full()
+            return self._claim_when_full(n)
         try:
-            return self._claim_plain(timeout)
+            return self._claim_plain(timeout, n)
         except redis.exceptions.OutOfMemoryError:
             self.memory_seen(True)
-            return self._claim_when_full()
+            return self._claim_when_full(n)
 
     def scripted(self) -> bool:
         """Whether a claim sent along with an ack must be the allow-oom script (Redis full),
@@ -71,9 +69,9 @@ class Claimer:
             self._oom_probe_at = self.clock() + OOM_PROBE_EVERY
         self.memory.update(refused)
 
-    def _claim_plain(self, timeout: float) -> Claimed:
-        if self.prefetch > 1 and not self._found_empty:
-            claimed = self._batch_each()
+    def _claim_plain(self, timeout: float, n: int) -> Claimed:
+        if n > 1 and not self._found_empty:
+            claimed = self._batch_each(n)
             if claimed:
                 return claimed
         elif len(self.queues) > 1:
@@ -91,9 +89,9 @@ class Claimer:
         self._found_empty = body is None
         return [] if body is None else [(queue, body)]
 
-    def _batch_each(self) -> Claimed:
+    def _batch_each(self, n: int) -> Claimed:
         for queue in self.queues:  # priority: the order given
-            bodies = queue.claim_batch(self.prefetch)
+            bodies = queue.claim_batch(n)
             if bodies:
                 return [(queue, body) for body in bodies]
         return []
@@ -105,7 +103,7 @@ class Claimer:
                 return [(queue, body)]
         return []
 
-    def _claim_when_full(self) -> Claimed:
+    def _claim_when_full(self, n: int) -> Claimed:
         """Redis is full: claim by an allow-oom script, polling; every OOM_PROBE_EVERY
         seconds a plain claim instead, and once Redis takes it, back to the blocking claim."""
         if self.clock() >= self._oom_probe_at:
@@ -116,14 +114,14 @@ class Claimer:
             else:
                 self.memory_seen(False)
                 return claimed
-        for queue in self.queues:
-            if self.prefetch > 1:
-                bodies = queue.claim_batch(self.prefetch)
-                if bodies:
-                    return [(queue, body) for body in bodies]
-                continue
-            body = queue.claim_when_full()
-            if body is not None:
-                return [(queue, body)]
+        if n > 1:
+            claimed = self._batch_each(n)  # the batch script may run while Redis is full
+            if claimed:
+                return claimed
+        else:
+            for queue in self.queues:
+                body = queue.claim_when_full()
+                if body is not None:
+                    return [(queue, body)]
         self.stop.wait(OOM_POLL)
         return []

@@ -99,9 +99,7 @@ class Consumer(RedisLoop):
             ReliableQueue(self.client, q, self.worker, self.owner) for q in settings.queues
         ]
         self.memory = MemoryState(self.link, self.log)
-        self.claimer = Claimer(
-            self.queues, settings.prefetch, self.memory, self.stop_requested, clock
-        )
+        self.claimer = Claimer(self.queues, self.memory, self.stop_requested, clock)
         self.faults.on_reconnect.append(self._reconnected)
         self.faults.on_disconnect.append(self._link_lost)
         self.faults.on_oom.append(lambda: self.claimer.memory_seen(True))
@@ -185,7 +183,7 @@ class Consumer(RedisLoop):
                 self._release_unstarted()
             elif not self.unstarted and slots.running < slots.capacity:
                 wait = BUSY_CLAIM_WAIT if slots.running else self.settings.block_timeout
-                self._hold(self.claimer.claim(wait))
+                self._hold(self.claimer.claim(wait, self._batch(slots)))
                 self.progress.work_done()  # tasks, or the queue was empty: no stall
                 if self.held:  # maybe after an idle stretch: beat before a long task starts
                     self._beat_if_due(self.clock())
@@ -240,7 +238,11 @@ class Consumer(RedisLoop):
         if lost is not None:  # another process holds our id now
             raise lost
         room = not stopping and not self.unstarted and slots.running < slots.capacity
-        self._hold(self.settler.settle(batch, self.settings.prefetch if room else 0))
+        self._hold(self.settler.settle(batch, self._batch(slots) if room else 0))
+
+    def _batch(self, slots: Slots) -> int:
+        """How many tasks to claim at once: --prefetch, or enough for every free slot."""
+        return max(self.settings.prefetch, slots.capacity - slots.running)
 
     def _release_unstarted(self) -> None:
         """Stopping: tasks claimed ahead go back to the queue front, in order, no attempt."""
