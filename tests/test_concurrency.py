@@ -152,3 +152,22 @@ def test_one_hung_thread_among_several_exits_70_and_its_task_is_recovered(
     assert second.wait_for_event("recovery.own_tasks", 15)[0]["returned"] == 1
     attempts = redis_server.client().hgetall(f"{Q}:attempts")
     assert list(attempts.values()) == [b"1"]
+
+
+def test_reconciliation_keeps_every_task_in_flight_and_returns_only_the_unseen_one(
+    redis_server: RedisServer, taskd: DaemonFactory
+) -> None:
+    push(redis_server, "slow:2:dup", "slow:2:dup", "slow:2:other")
+    daemon = taskd.consume(
+        redis_server.url, "--queue", Q, *THREADED, "--concurrency", "3", "--worker-id", "w1",
+        "--recovery-interval", "0.5",
+    )  # fmt: skip
+    wait_until(lambda: len(started(taskd)) == 3, 15, "three tasks running")
+    # a claim whose reply was lost: one more copy in the processing list, unseen by taskd
+    redis_server.client().lpush(f"{Q}:processing:w1", "slow:2:dup")
+    returned = daemon.wait_for_event("claim.reply_lost", 10)[0]
+    assert returned["returned"] == 1  # the two running copies of "dup" were kept
+    wait_until(lambda: len(taskd.done_bodies()) == 4, 15, "the four tasks done")
+    assert sorted(started(taskd)) == ["slow:2:dup"] * 3 + ["slow:2:other"]
+    wait_until(lambda: not held(redis_server, "w1"), 5, "every task acked")
+    assert redis_server.client().llen(Q) == 0
