@@ -246,20 +246,10 @@ class Consumer(RedisLoop):
 
     def _release_unstarted(self) -> None:
         """Stopping: tasks claimed ahead go back to the queue front, in order, no attempt."""
-        if not self.unstarted:
-            return
-        for queue in self.queues:
-            bodies = [t.body for t in self.unstarted if t.queue is queue]
-            if bodies:
-                returned = queue.return_unstarted(bodies)
-                self.log.info(
-                    "claim.released",
-                    queue=queue.keys.queue,
-                    returned=returned,
-                    note="claimed ahead and not started; back at the queue front, no attempt",
-                )
-        self._forget(list(self.unstarted))
-        self.unstarted.clear()
+        if self.unstarted:
+            self.recovery.release([(t.queue, t.body) for t in self.unstarted])
+            self._forget(list(self.unstarted))
+            self.unstarted.clear()
 
     def _startup(self) -> None:
         """Check the server, take our worker id, return what our last process held."""

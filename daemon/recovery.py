@@ -1,10 +1,12 @@
-"""Giving tasks back: recovery of dead holders, reconciliation of lost claim replies.
+"""Giving tasks back: recovery of dead holders, reconciliation of lost claim replies, release.
 
 Recover: the tasks of a holder that died (a peer whose heartbeat expired, or this worker id's
 previous process, at start) go back to the queue, each counted as a failed attempt, so a
 poison task cannot crash-loop a worker forever; at the maximum it is dead-lettered.
 Reconcile: a claim whose reply was lost moved tasks into our processing list that we never
 saw; everything there beyond the tasks we hold goes back, no attempt counted.
+Release: at a drain, the tasks claimed ahead (--prefetch) and never started go back to the
+queue front in their order, no attempt counted.
 Orphan claims: a BLMOVE still blocked on a half-open connection would move a task into our
 list after we gave up on it; such connections (ours only) are closed after an outage.
 """
@@ -124,6 +126,21 @@ class Recovery:
                     returned=recovered.returned,
                     why=why,
                     note="task moved to our processing list but the reply was lost; returned",
+                )
+
+
+    def release(self, unstarted: list[tuple[ReliableQueue, bytes]]) -> None:
+        """A drain: tasks claimed ahead and never started go back to the queue front, in
+        their order, with no attempt counted (they were never tried)."""
+        for queue in self.queues:
+            bodies = [body for q, body in unstarted if q is queue]
+            if bodies:
+                returned = queue.return_unstarted(bodies)
+                self.log.info(
+                    "claim.released",
+                    queue=queue.keys.queue,
+                    returned=returned,
+                    note="claimed ahead and not started; back at the queue front, no attempt",
                 )
 
 
