@@ -171,3 +171,19 @@ def test_reconciliation_keeps_every_task_in_flight_and_returns_only_the_unseen_o
     assert sorted(started(taskd)) == ["slow:2:dup"] * 3 + ["slow:2:other"]
     wait_until(lambda: not held(redis_server, "w1"), 5, "every task acked")
     assert redis_server.client().llen(Q) == 0
+
+
+def test_drain_acks_what_finishes_and_exits_75_leaving_only_the_hung_task(
+    redis_server: RedisServer, taskd: DaemonFactory
+) -> None:
+    push(redis_server, "hang:h", "slow:1:x", "slow:1:y")
+    daemon = taskd.consume(
+        redis_server.url, "--queue", Q, *THREADED, "--concurrency", "3", "--worker-id", "w1",
+        "--drain-timeout", "3",
+    )  # fmt: skip
+    wait_until(lambda: len(started(taskd)) == 3, 15, "three tasks running")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(15) == 75
+    assert sorted(taskd.done_bodies()) == ["slow:1:x", "slow:1:y"]
+    assert len(daemon.events("task.done")) == 2  # acked during the drain, each on its own
+    assert held(redis_server, "w1") == [b"hang:h"]  # left for recovery
