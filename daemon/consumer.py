@@ -1,9 +1,10 @@
 """The consume loop: claim -> handle -> ack, with heartbeats, recovery, signals and reconnects.
 
 One thread runs the loop; each turn: mark progress, do what is due (heartbeat, promote delayed
-retries, recover dead peers, reconcile a lost claim reply), claim while a handler slot is free
-(up to --prefetch tasks in one round trip: daemon/claims.py), start claimed tasks in free slots
-(--concurrency: daemon/inflight.py), settle the finished ones (daemon/settle.py). Redis errors
+retries, recover dead peers, reconcile a lost claim reply: daemon/duties.py), claim while a
+handler slot is free (a batch of --prefetch, or one per free slot, in one round trip:
+daemon/claims.py), start claimed tasks in free slots (--concurrency: daemon/inflight.py),
+settle the finished ones (daemon/settle.py; give-backs: daemon/recovery.py). Redis errors
 never end the loop: the fault policy (daemon/faults.py) waits with backoff and goes on; only
 errors that waiting cannot cure (wrong password, server too old) raise RedisFatalError (78).
 
@@ -32,6 +33,7 @@ from daemon import exitcodes, metrics
 from daemon.claims import Claimed, Claimer
 from daemon.config import Settings
 from daemon.connection import make_client
+from daemon.duties import MAINTAIN_GRANULARITY, Duties
 from daemon.faults import Unknown
 from daemon.handlers import Handler
 from daemon.inflight import InlineSlot, Runs, Slots, Task, make_slots
@@ -54,11 +56,7 @@ from daemon.task_heartbeat import TaskHeartbeat
 
 T = TypeVar("T")
 
-HEARTBEAT_EVERY = 1.0  # seconds between heartbeats of a busy worker
-PROMOTE_EVERY = 1.0  # seconds between moves of due retries back to pending
-MAINTAIN_GRANULARITY = 0.1  # seconds: how often the loop looks at what is due
 BUSY_CLAIM_WAIT = 0.05  # seconds a claim blocks while tasks run: their acks wait that long
-IDLE_BEAT_MARGIN = 2.0  # seconds an idle worker's heartbeat has left, at least, when renewed
 ACK_WINDOW = 0.05  # seconds a finished task may wait for others to share its ack (--prefetch)
 
 
@@ -106,10 +104,6 @@ class Consumer(RedisLoop):
         self._server_checked = False  # the startup check (script flags, policy) is done
         self._episode_checked = False  # ... or the check of this connection episode
         self._started = False
-        self._reconcile_at: list[float] = []  # when to look for lost claim replies
-        self._next: dict[str, float] = {}
-        self._maintain_after = 0.0
-        self._beat_at = 0.0  # when the heartbeat was last sent
         self._ids = IdKeeper(
             self.queues, self.owner, settings.heartbeat_ttl, self.log, self.stop_requested.wait
         )
@@ -123,6 +117,9 @@ class Consumer(RedisLoop):
         self.metrics = {q: metrics.QueueMetrics(q) for q in settings.queues}
         self.recovery = Recovery(
             self.queues, self.worker, settings.max_attempts, self.metrics, self.log
+        )
+        self.duties = Duties(
+            settings, self.queues, self.recovery, self.link, lambda: self.held, clock
         )
         self.settler = Settler(self)
         self.slots: Slots = InlineSlot(handler, self._runs())  # begin() makes the real ones
@@ -178,25 +175,27 @@ class Consumer(RedisLoop):
                 self.faults.succeeded()  # before blocking in the first claim: /readyz at once
                 if not self._started:  # waiting for our worker id
                     return
-            self._maintain()
+            sent = self.duties.run(self.clock())
             if self.stop_requested.is_set():
-                self._release_unstarted()
+                sent = self._release_unstarted() or sent
             elif not self.unstarted and slots.running < slots.capacity:
                 wait = BUSY_CLAIM_WAIT if slots.running else self.settings.block_timeout
                 self._hold(self.claimer.claim(wait, self._batch(slots)))
                 self.progress.work_done()  # tasks, or the queue was empty: no stall
+                sent = True
                 if self.held:  # maybe after an idle stretch: beat before a long task starts
-                    self._beat_if_due(self.clock())
+                    self.duties.beat_if_due(self.clock())
         except Exception as exc:
             # tasks claimed ahead may meanwhile be recovered by a peer: let a reconciliation
             # (the next turn's, or the one after the reconnect) return them, not run them late
             if self.unstarted:
                 self._forget(list(self.unstarted))
                 self.unstarted.clear()
-                self._reconcile_at.append(self.clock())
+                self.duties.reconcile_soon()
             self.faults.failed(exc, interruptible=True)
             return
-        self.faults.succeeded()
+        if sent:  # only a command that went through says Redis is back
+            self.faults.succeeded()
         while self.unstarted and slots.running < slots.capacity:
             if self.stop_requested.is_set():
                 break
@@ -244,12 +243,14 @@ class Consumer(RedisLoop):
         """How many tasks to claim at once: --prefetch, or enough for every free slot."""
         return max(self.settings.prefetch, slots.capacity - slots.running)
 
-    def _release_unstarted(self) -> None:
+    def _release_unstarted(self) -> bool:
         """Stopping: tasks claimed ahead go back to the queue front, in order, no attempt."""
-        if self.unstarted:
-            self.recovery.release([(t.queue, t.body) for t in self.unstarted])
-            self._forget(list(self.unstarted))
-            self.unstarted.clear()
+        if not self.unstarted:
+            return False
+        self.recovery.release([(t.queue, t.body) for t in self.unstarted])
+        self._forget(list(self.unstarted))
+        self.unstarted.clear()
+        return True
 
     def _startup(self) -> None:
         """Check the server, take our worker id, return what our last process held."""
@@ -266,7 +267,7 @@ class Consumer(RedisLoop):
         for queue in self.queues:
             self.recovery.return_own(queue)
             queue.heartbeat(self.settings.heartbeat_ttl)
-        self._beat_at = self.clock()
+        self.duties.beaten(self.clock())
         self._started = True
 
     def _check_server(self, startup: bool) -> None:
@@ -289,51 +290,6 @@ class Consumer(RedisLoop):
             report_policy(policy, self.link, self.log)
         self._episode_checked = True
 
-    def _due(self, name: str, every: float, now: float) -> bool:
-        if now >= self._next.get(name, 0.0):
-            self._next[name] = now + every
-            return True
-        return False
-
-    def _maintain(self) -> None:
-        now = self.clock()
-        if now < self._maintain_after:  # the hot path: nothing is due yet
-            return
-        self._maintain_after = now + MAINTAIN_GRANULARITY
-        s = self.settings
-        self._beat_if_due(now)
-        if self._due("promote", PROMOTE_EVERY, now):
-            for queue in self.queues:
-                queue.promote_due()
-        # Not in the turn that ends an outage: peers get one heartbeat TTL to beat again
-        # first (see _reconnected), and our own lost claims are reconciled right after it.
-        if self.link.connected and self._due("recover", s.recovery_interval, now):
-            self.recovery.recover_dead_peers()
-            if self.recovery.holds_unseen(self.held):  # one LLEN per queue, mostly
-                self._reconcile("periodic")
-        if any(t <= now for t in self._reconcile_at):
-            self._reconcile_at = [t for t in self._reconcile_at if t > now]
-            self._reconcile("after_reconnect")
-
-    def _beat_if_due(self, now: float) -> None:
-        """Refresh the heartbeat: every second while tasks are held; while idle, only as
-        often as it takes to outlive the next blocking claim with IDLE_BEAT_MARGIN to spare
-        (the TTL, and so how soon a dead worker is found, stays as set)."""
-        s = self.settings
-        due = self._beat_at + min(HEARTBEAT_EVERY, s.heartbeat_ttl / 3)
-        if not self.held:
-            margin = max(IDLE_BEAT_MARGIN, s.block_timeout / 2)
-            due = max(due, self._beat_at + s.heartbeat_ttl - s.block_timeout - margin)
-        if now < due:
-            return
-        self._beat_at = now
-        for queue in self.queues:
-            queue.heartbeat(s.heartbeat_ttl)
-
-    def _reconcile(self, why: str) -> None:
-        """Return claims whose reply never reached us; every task we hold stays."""
-        self.recovery.reconcile(why, [(t.queue, t.body) for t in self.held])
-
     def claim_reply_lost(self) -> None:
         """The ack's reply came, the claim's did not: return the claim at the next turn.
 
@@ -341,8 +297,7 @@ class Consumer(RedisLoop):
         never will: one reconciliation, before the next claim, settles it.
         """
         self.log.debug("claim.reply_uncertain", note="connection broke after the ack's reply")
-        self._reconcile_at.append(self.clock())
-        self._maintain_after = 0.0
+        self.duties.reconcile_soon()
 
     # -- settling under the fault policy ----------------------------------------------------
     def settle(self, operation: Callable[[], T], event: str, tasks: list[Task]) -> T | None:
@@ -355,7 +310,7 @@ class Consumer(RedisLoop):
         self._forget(tasks)  # from here a reconciliation must not keep them
         settled = self.faults.settle(operation)
         if settled.refusals:  # a claim sent along with a refused ack: returned next turn
-            self._reconcile_at.append(self.clock())
+            self.duties.reconcile_soon()
         if isinstance(settled, Unknown):
             self._settle_uncertain(settled.error, event, tasks)
             return None
@@ -370,7 +325,7 @@ class Consumer(RedisLoop):
         the queue front: an applied outcome stays applied, an unapplied one means the task
         runs again (at-least-once).
         """
-        self.faults.call(lambda: self._reconcile("settle_reply_lost"), interruptible=False)
+        self.faults.call(lambda: self.duties.reconcile("settle_reply_lost"), interruptible=False)
         context = {"queue": tasks[0].queue_name, "task": tasks[0].id} if tasks else {}
         with structlog.contextvars.bound_contextvars(**context):
             self.log.warning(
@@ -384,19 +339,11 @@ class Consumer(RedisLoop):
     # -- reactions to the link --------------------------------------------------------------
     def _reconnected(self) -> None:
         """An outage ended: check the server again, close orphans, plan the reconciliations."""
-        self._maintain_after = 0.0  # reconcile at the next turn
         if not self._episode_checked:  # maybe another server (failover, restart)
             with contextlib.suppress(redis.RedisError):  # the next reconnect reads it again
                 self._check_server(startup=False)
         self.orphans.kill()
-        # Look for claims whose reply was lost at the start of the next turn, and once more
-        # after a block timeout: a claim still blocked on the dead connection may move a
-        # task in until the server gives up on it.
-        now = self.clock()
-        self._reconcile_at += [now, now + self.settings.socket_timeout]
-        # Peers were cut off too: give them one heartbeat TTL to beat again before their
-        # in-flight tasks are taken for dead (that would only cost a duplicate run).
-        self._next["recover"] = now + self.settings.heartbeat_ttl
+        self.duties.reconnected()
 
     def _link_lost(self) -> None:
         self._episode_checked = False  # check the server again once we are back
@@ -409,7 +356,7 @@ class Consumer(RedisLoop):
             return
         try:
             self.orphans.kill()  # a claim still blocked on a dead connection
-            self._reconcile("shutdown")
+            self.duties.reconcile("shutdown")
             for queue in self.queues:
                 queue.forget_self()
         except redis.RedisError as exc:
