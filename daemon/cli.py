@@ -1,69 +1,29 @@
-"""The `taskd` command: parse flags, build Settings, run one verb.
+"""The `taskd` command: one subcommand per verb, its flags generated from the declared settings.
 
 Configuration errors end here with one line on stderr and exit code 78, never a traceback.
+The verbs' commands are in daemon/commands.py; the settings in daemon/settings.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, BinaryIO, NoReturn
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import redis
 
-from daemon import __version__, config, exitcodes
-from daemon.config import MAX_SECONDS, SPECS, ConfigError, Settings, env_name, flag_name
+from daemon import __version__, commands, exitcodes
+from daemon.config import DECLARED, MAX_SECONDS, ConfigError, Settings, env_name, flag_name
+from daemon.settings_spec import Flag, Names
 
-CONNECTION_FIELDS = (
-    "redis_url",
-    "redis_password_file",
-    "sentinel_password_file",
-    "tls_ca_file",
-    "tls_cert_file",
-    "tls_key_file",
-    "tls_insecure",
-    "connect_timeout",
-    "socket_timeout",
-    "block_timeout",
-    "health_check_interval",
-    "keepalive_idle",
-    "keepalive_interval",
-    "keepalive_count",
-    "backoff_base",
-    "backoff_cap",
-    "log_level",
-    "log_format",
-)
-LOOP_FIELDS = (  # settings of every long-running loop (consume, subscribe)
-    "handler",
-    "worker_id",
-    "stall_timeout",
-    "task_timeout",
-    "drain_timeout",
-    "max_attempts",
-    "retry_base",
-    "retry_cap",
-    "heartbeat_ttl",
-    "recovery_interval",
-    "metrics_port",
-    "metrics_host",
-    "heartbeat_file",
-    "require_noeviction",
-)
-PRODUCER_FIELDS = ("wait_replicas", "wait_timeout")  # enqueue, publish, web
-CONSUME_FIELDS = ("queues", *LOOP_FIELDS)
-EXIT_UNAVAILABLE = 69  # a one-shot command could not reach Redis (or replicas did not confirm)
-EXIT_IO = 74  # a producer could not read its input (EX_IOERR)
-
-HELP_EPILOG = """\
+HELP_EPILOG = f"""\
 Every flag has an environment twin: --block-timeout is TASKD_BLOCK_TIMEOUT, --queue is
 TASKD_QUEUES (comma-separated). Precedence: defaults < --config FILE (TOML) < TASKD_* < flags.
-Exit codes: 0 clean stop, 70 stall watchdog fired, 75 drain timeout, 78 bad configuration.
+Exit codes: {exitcodes.OK} clean stop, {exitcodes.STALLED} stall watchdog fired, \
+{exitcodes.DRAIN_TIMEOUT} drain timeout, {exitcodes.CONFIG} bad configuration.
 """
+_settings = commands.settings_from_args  # kept for callers of the old name
 
 
 class _Parser(argparse.ArgumentParser):
@@ -116,70 +76,33 @@ def _whole(maximum: int) -> Callable[[str], int]:
     return parse
 
 
-def _add_setting(parser: argparse.ArgumentParser, name: str, help_text: str = "") -> None:
-    spec = SPECS[name]
-    default = getattr(Settings(), name)
-    shown = ", ".join(default) if isinstance(default, tuple) else default
-    text = f"{help_text or spec.expected} (env {env_name(name)}; default {shown!s})"
-    if spec.kind == "list":
-        parser.add_argument(flag_name(name), dest=name, action="append", help=text)
-    elif spec.kind == "bool":
-        parser.add_argument(flag_name(name), dest=name, action="store_const", const=True, help=text)
+def _help(name: str, verb: str, defaults: Settings) -> str:
+    """A setting's help on `verb`, with its environment twin and its default."""
+    row = DECLARED[name]
+    if row.derive is not None:
+        shown = f"{row.derived_from}, also for 0"
     else:
-        parser.add_argument(
-            flag_name(name), dest=name, help=text, metavar=name.upper().split("_")[-1]
-        )
+        default = getattr(defaults, name)
+        shown = ", ".join(default) if isinstance(default, tuple) else str(default)
+        shown = shown or "none"
+    return f"{row.help_for(verb)} (env {env_name(name)}; default {shown})"
 
 
-HELPS = {
-    "redis_password_file": "file holding the Redis password (or set TASKD_REDIS_PASSWORD); "
-    "keeps it out of ps and configs",
-    "tls_ca_file": "CA certificate (PEM) that signed the server certificate, for rediss://",
-    "tls_cert_file": "client certificate (PEM) for mutual TLS",
-    "tls_key_file": "client key (PEM) for mutual TLS",
-    "tls_insecure": "do NOT verify the server certificate (logged loudly; for tests only)",
-    "redis_url": "redis://[user:pass@]host:port/db, rediss://, unix:///path.sock or "
-    "redis+sentinel://host:port[,host:port]/master/db",
-    "queues": "queue to consume; repeat for several (served in the order given)",
-    "handler": "module:function called with each task body (built-ins: daemon.handlers:log, "
-    ":noop, :sleep, :fail)",
-    "worker_id": "stable id of this worker (its processing list); default host:process-name "
-    "under supervisord, else host:pid",
-    "block_timeout": "seconds one blocking claim waits for a task",
-    "socket_timeout": "seconds before a silent connection counts as dead; must exceed "
-    "--block-timeout (0 = block timeout + 5)",
-    "stall_timeout": "seconds without loop progress before the watchdog exits with 70",
-    "task_timeout": "seconds one handler run may take before the watchdog exits with 70",
-    "drain_timeout": "seconds the in-flight task may take to finish after SIGTERM",
-    "max_attempts": "failed attempts before a task goes to the dead letters",
-    "heartbeat_ttl": "seconds a worker's heartbeat lives (0 = 3 x block timeout)",
-    "recovery_interval": "seconds between looks for dead peers' tasks (0 = 2 x block timeout)",
-    "metrics_port": "port of /metrics, /healthz, /readyz (0 = none)",
-    "heartbeat_file": "file the watchdog thread rewrites every second (for taskd watchdog)",
-    "connect_timeout": "seconds for TCP connect and the connection handshake",
-    "channels": "channel to subscribe to; repeat for several",
-    "patterns": "channel pattern to subscribe to (PSUBSCRIBE); repeat for several",
-    "ping_interval": "seconds between PINGs while subscribed; silent for twice that = dead",
-    "durable": "publish: also push onto the channel's durable list; subscribe: consume that "
-    "list reliably instead of the channel (nothing published while down is lost)",
-    "web_bind": "HOST:PORT of the web app",
-    "web_allowed_hosts": "a Host name the web app answers to besides its --bind address "
-    "(name, or name:port); repeat for several (a reverse proxy's public name, a DNS name)",
-    "sentinel_password_file": "file holding the password of the sentinels themselves (or set "
-    "TASKD_SENTINEL_PASSWORD, or put it in the redis+sentinel:// URL's sentinel_password=)",
-    "require_noeviction": "refuse to start (exit 78) unless Redis's maxmemory-policy is "
-    "noeviction (any other policy can evict queued tasks)",
-    "wait_replicas": "after each push, wait until this many replicas have it (Redis WAIT); "
-    "exit 69 / HTTP 503 when they do not confirm within --wait-timeout (0 = do not wait)",
-    "wait_timeout": "seconds to wait for --wait-replicas to confirm a push",
-}
-SUBSCRIBE_FIELDS = ("channels", "patterns", "ping_interval", "durable", *LOOP_FIELDS)
-
-
-def _connection_args(parser: argparse.ArgumentParser) -> None:
+def add_settings(parser: argparse.ArgumentParser, verb: str) -> None:
+    """--config, then a flag for every setting declared for `verb` (values parsed by config)."""
     parser.add_argument("--config", help="TOML file with settings (env TASKD_CONFIG)")
-    for name in CONNECTION_FIELDS:
-        _add_setting(parser, name, HELPS.get(name, ""))
+    defaults = Settings()
+    for name, row in DECLARED.items():
+        if verb not in row.verbs:
+            continue
+        flag, text = flag_name(name), _help(name, verb, defaults)
+        if isinstance(row.kind, Names):
+            parser.add_argument(flag, dest=name, action="append", help=text)
+        elif isinstance(row.kind, Flag):
+            parser.add_argument(flag, dest=name, action="store_const", const=True, help=text)
+        else:
+            metavar = row.metavar or name.upper().split("_")[-1]
+            parser.add_argument(flag, dest=name, help=text, metavar=metavar)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,20 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=HELP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _connection_args(consume)
-    for name in CONSUME_FIELDS:
-        _add_setting(consume, name, HELPS.get(name, ""))
-    consume.set_defaults(run=cmd_consume)
+    add_settings(consume, "consume")
+    consume.set_defaults(run=commands.cmd_consume)
 
     enqueue = verbs.add_parser(
         "enqueue",
         help="push tasks onto a queue",
         description="Push each BODY as one task; with '-' read one task per stdin line.",
     )
-    _connection_args(enqueue)
-    _add_setting(enqueue, "queues", "queue to push onto")
-    for name in PRODUCER_FIELDS:
-        _add_setting(enqueue, name, HELPS[name])
+    add_settings(enqueue, "enqueue")
     enqueue.add_argument(
         "--delay",
         type=_delay,
@@ -225,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the queue's delayed set, due on Redis's clock; default 0 = at once)",
     )
     enqueue.add_argument("bodies", nargs="+", metavar="BODY", help="task bodies, or - for stdin")
-    enqueue.set_defaults(run=cmd_enqueue)
+    enqueue.set_defaults(run=commands.cmd_enqueue)
 
     subscribe = verbs.add_parser(
         "subscribe",
@@ -235,39 +153,31 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=HELP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _connection_args(subscribe)
-    for name in SUBSCRIBE_FIELDS:
-        _add_setting(subscribe, name, HELPS.get(name, ""))
-    subscribe.set_defaults(run=cmd_subscribe)
+    add_settings(subscribe, "subscribe")
+    subscribe.set_defaults(run=commands.cmd_subscribe)
 
     publish = verbs.add_parser("publish", help="publish messages on a channel")
-    _connection_args(publish)
-    _add_setting(publish, "channels", "channel to publish on")
-    _add_setting(publish, "durable", HELPS["durable"])
-    for name in PRODUCER_FIELDS:
-        _add_setting(publish, name, HELPS[name])
+    add_settings(publish, "publish")
     publish.add_argument("bodies", nargs="+", metavar="BODY", help="messages, or - for stdin")
-    publish.set_defaults(run=cmd_publish)
+    publish.set_defaults(run=commands.cmd_publish)
 
     status = verbs.add_parser(
         "status", help="show queue depths, processing lists, workers and dead letters"
     )
-    _connection_args(status)
-    _add_setting(status, "queues", "queue to show; repeat for several")
+    add_settings(status, "status")
     status.add_argument("--json", action="store_true", help="print JSON")
-    status.set_defaults(run=cmd_status)
+    status.set_defaults(run=commands.cmd_status)
 
     dead = verbs.add_parser("dead", help="list, requeue or purge dead letters")
-    _connection_args(dead)
     dead.add_argument("action", choices=("list", "requeue", "purge"))
-    _add_setting(dead, "queues", "queue whose dead letters to act on")
+    add_settings(dead, "dead")
     dead.add_argument(
         "--limit",
         type=_whole(MAX_DEAD_LIMIT),
         default=100,
         help=f"how many to list (default 100, at most {MAX_DEAD_LIMIT})",
     )
-    dead.set_defaults(run=cmd_dead)
+    dead.set_defaults(run=commands.cmd_dead)
 
     watchdog = verbs.add_parser(
         "watchdog",
@@ -318,331 +228,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="port of the listener's own /metrics (taskd_watchdog_restarts_total; 0 = none)",
     )
-    watchdog.set_defaults(run=cmd_watchdog)
+    watchdog.set_defaults(run=commands.cmd_watchdog)
 
     web = verbs.add_parser("web", help="serve the web producer (Flask app under gunicorn)")
-    _connection_args(web)
-    _add_setting(web, "web_bind", HELPS["web_bind"])
-    _add_setting(web, "web_allowed_hosts", HELPS["web_allowed_hosts"])
-    _add_setting(web, "queues", "queue that /prodcons pushes onto")
-    _add_setting(web, "channels", "channel that /pubsub publishes on")
-    _add_setting(web, "drain_timeout", "seconds in-flight requests may take after SIGTERM")
-    _add_setting(web, "durable", HELPS["durable"])
-    for name in PRODUCER_FIELDS:
-        _add_setting(web, name, HELPS[name])
-    web.set_defaults(run=cmd_web)
+    add_settings(web, "web")
+    web.set_defaults(run=commands.cmd_web)
 
-    soak = verbs.add_parser(
-        "soak",
-        help="soak test: the whole stack under load and scheduled faults, then a verdict "
-        "(taskd soak --help; docs/soak.md)",
-        add_help=False,
-        prefix_chars="\0",  # every argument after `soak` is the soak's own (daemon/soak.py)
-    )
-    soak.add_argument("soak_args", nargs=argparse.REMAINDER)
-    soak.set_defaults(run=cmd_soak)
     return parser
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    flags = {name: getattr(args, name) for name in SPECS if hasattr(args, name)}
-    return config.load(flags, config_path=args.config)
-
-
-def _setup_logging(settings: Settings) -> None:
-    from daemon.logs import configure_logging
-
-    configure_logging(settings.log_level, settings.log_format)
-    if settings.tls_insecure:
-        import structlog
-
-        structlog.get_logger("taskd").warning(
-            "tls.verification_disabled",
-            note="--tls-insecure: the server certificate is NOT verified; anyone on the path "
-            "can read and change tasks. Use --tls-ca-file instead.",
-        )
-
-
-def _load_handler(settings: Settings) -> Any:
-    """The --handler function, or ConfigError when it is missing or does not import."""
-    from daemon import handlers
-
-    if not settings.handler:
-        raise ConfigError(
-            "--handler is missing: expected module:function (env TASKD_HANDLER), "
-            "e.g. --handler daemon.handlers:log"
-        )
-    return handlers.load(settings.handler)
-
-
-def cmd_consume(args: argparse.Namespace) -> int:
-    """Run the consumer until SIGTERM/SIGINT."""
-    from daemon.consumer import Consumer
-    from daemon.lifecycle import supervise
-
-    settings = _settings(args)
-    handler = _load_handler(settings)
-    _setup_logging(settings)
-    import structlog
-
-    log = structlog.get_logger("taskd")
-    consumer = Consumer(settings, handler)
-    return supervise(settings, consumer.progress, consumer.link, consumer.stop, consumer.run, log)
-
-
-def cmd_subscribe(args: argparse.Namespace) -> int:
-    """Run the pub/sub subscriber until SIGTERM/SIGINT."""
-    from daemon import subscriber
-
-    settings = _settings(args)
-    handler = _load_handler(settings)
-    if settings.patterns and args.channels is None and settings.channels == Settings().channels:
-        # `--pattern P` alone means the patterns only, not also the default channel
-        settings = dataclasses.replace(settings, channels=())
-    _setup_logging(settings)
-    return subscriber.run(settings, handler)
-
-
-def cmd_watchdog(args: argparse.Namespace) -> int:
-    """The supervisord event listener (see daemon/watchdog.py)."""
-    from daemon import watchdog
-
-    return watchdog.main(args)
-
-
-def cmd_web(args: argparse.Namespace) -> int:
-    """Serve the web producer under gunicorn."""
-    from daemon import web
-
-    settings = _settings(args)
-    _setup_logging(settings)
-    return web.serve(settings)
-
-
-def cmd_soak(args: argparse.Namespace) -> int:
-    """The soak test (daemon/soak.py parses its own flags; exit 78 on bad ones)."""
-    from daemon import soak
-
-    return soak.main(args.soak_args)
-
-
-def _stdin_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
-    """(line number, bytes) of each non-empty line, without its line ending (LF or CRLF).
-
-    Read as bytes: a body is whatever bytes the line holds, UTF-8 or not.
-    """
-    for number, line in enumerate(stream, 1):
-        if line.endswith(b"\r\n"):
-            line = line[:-2]
-        elif line.endswith(b"\n"):
-            line = line[:-1]
-        if line:
-            yield number, line
-
-
-def _bodies(raw: Sequence[str]) -> Iterator[tuple[int, bytes]]:
-    """(position, body) of each BODY argument, or of each stdin line for `-`.
-
-    Arguments are turned back into the bytes given (os.fsencode undoes the surrogate escapes
-    Python uses for non-UTF-8 argv), so they are pushed exactly as typed too.
-    """
-    if list(raw) == ["-"]:
-        return _stdin_lines(sys.stdin.buffer)
-    return enumerate((os.fsencode(body) for body in raw), 1)
-
-
-class _Positions:
-    """Remembers the position of each body handed out, to name the one where a push stopped."""
-
-    def __init__(self, items: Iterable[tuple[int, bytes]]) -> None:
-        self.items = items
-        self.numbers: list[int] = []
-
-    def __iter__(self) -> Iterator[bytes]:
-        for number, body in self.items:
-            self.numbers.append(number)
-            yield body
-
-    def at(self, index: int) -> int:
-        """Position of the body with this index (the next one to read, past the end)."""
-        if index < len(self.numbers):
-            return self.numbers[index]
-        return (self.numbers[-1] if self.numbers else 0) + 1
-
-
-def _producer_settings(settings: Settings) -> Settings:
-    """`settings` with a socket timeout that outlasts a WAIT of --wait-timeout."""
-    if not settings.wait_replicas:
-        return settings
-    needed = settings.wait_timeout + settings.connect_timeout
-    return dataclasses.replace(settings, socket_timeout=max(settings.socket_timeout, needed))
-
-
-def _stopped(error: BaseException, url: str) -> tuple[int, str]:
-    """(exit code, reason) for a producer that stopped on `error`."""
-    from daemon.connection import fatal_reason, is_transient
-    from daemon.producer import ReplicasNotConfirmed
-
-    if isinstance(error, ReplicasNotConfirmed):
-        return EXIT_UNAVAILABLE, str(error)
-    if isinstance(error, redis.RedisError):
-        if is_transient(error) and isinstance(error, redis.ConnectionError | redis.TimeoutError):
-            return EXIT_UNAVAILABLE, f"redis unreachable ({error})"
-        if is_transient(error):  # an error reply that can pass: OOM, READONLY, LOADING
-            return EXIT_UNAVAILABLE, f"redis refused the push ({error})"
-        return exitcodes.CONFIG, fatal_reason(error, url)
-    if isinstance(error, OSError):
-        return EXIT_IO, f"cannot read the input ({error.strerror or error})"
-    raise error
-
-
-def _client(settings: Settings) -> Any:
-    from daemon.connection import make_client
-
-    return make_client(settings, client_name="taskd-cli")
-
-
-def cmd_enqueue(args: argparse.Namespace) -> int:
-    """Push tasks; prints how many and the queue, also when it stops part-way."""
-    from daemon.producer import PushStopped, ReplicasNotConfirmed, enqueue_many
-
-    settings = _producer_settings(_settings(args))
-    queue = settings.queues[0]
-    positions = _Positions(_bodies(args.bodies))
-    where = "line" if list(args.bodies) == ["-"] else "BODY"
-    try:
-        pushed = enqueue_many(
-            _client(settings),
-            queue,
-            positions,
-            settings.wait_replicas,
-            settings.wait_timeout,
-            delay=args.delay,
-        )
-    except PushStopped as stop:
-        code, reason = _stopped(stop.cause, settings.redis_url)
-        if isinstance(stop.cause, ReplicasNotConfirmed):
-            print(
-                f"taskd enqueue: error: pushed {stop.pushed} task(s) onto {queue}, but "
-                f"{reason}; stopped there",
-                file=sys.stderr,
-            )
-        else:
-            print(
-                f"taskd enqueue: error: stopped at {where} {positions.at(stop.pushed)}: "
-                f"{reason}; pushed {stop.pushed} task(s) onto {queue} before it",
-                file=sys.stderr,
-            )
-        return code
-    if args.delay > 0:
-        print(f"scheduled {pushed} task(s) on {queue} to run in {args.delay:g} s")
-    else:
-        print(f"enqueued {pushed} task(s) on {queue}")
-    return exitcodes.OK
-
-
-def cmd_publish(args: argparse.Namespace) -> int:
-    """Publish messages; warns when nobody was listening (pub/sub keeps nothing)."""
-    from daemon.producer import ReplicasNotConfirmed, publish
-
-    settings = _producer_settings(_settings(args))
-    channel = settings.channels[0]
-    client = _client(settings)
-    sent = listened = current = done = 0
-    where = "line" if list(args.bodies) == ["-"] else "BODY"
-    try:
-        for current, body in _bodies(args.bodies):
-            receivers = publish(
-                client,
-                channel,
-                body,
-                durable=settings.durable,
-                wait_replicas=settings.wait_replicas,
-                wait_timeout=settings.wait_timeout,
-            )
-            sent, done = sent + 1, current
-            listened += receivers > 0
-    except ReplicasNotConfirmed as exc:
-        print(
-            f"taskd publish: error: published {sent + 1} message(s) on {channel}, but {exc}; "
-            "stopped there",
-            file=sys.stderr,
-        )
-        return EXIT_UNAVAILABLE
-    except (redis.RedisError, OSError) as exc:
-        code, reason = _stopped(exc, settings.redis_url)
-        at = current if current > done else done + 1
-        print(
-            f"taskd publish: error: stopped at {where} {at}: {reason}; "
-            f"published {sent} message(s) on {channel} before it",
-            file=sys.stderr,
-        )
-        return code
-    print(f"published {sent} message(s) on {channel}")
-    if sent and not listened:
-        print("warning: no subscriber was listening; pub/sub keeps nothing", file=sys.stderr)
-    return exitcodes.OK
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    """Depths, processing lists, workers and dead letters of each queue."""
-    from daemon.status import queue_status
-
-    settings = _settings(args)
-    client = _client(settings)
-    rows = [queue_status(client, q) for q in settings.queues]
-    if args.json:
-        print(json.dumps([r.as_dict() for r in rows], indent=2))
-        return exitcodes.OK
-    for row in rows:
-        print(
-            f"queue {row.queue}: pending {row.pending}  processing {row.processing}  "
-            f"delayed {row.delayed}  dead {row.dead}"
-        )
-        if row.oldest_age_seconds is not None:
-            print(f"  oldest pending task: {row.oldest_age_seconds:.1f} s")
-        for w in row.workers:
-            state = "alive" if w["alive"] else "DEAD (tasks will be recovered)"
-            print(f"  worker {w['worker']}: {state}, holding {w['processing']}")
-        if not row.workers:
-            print("  no workers")
-    if rows:
-        print(f"redis maxmemory-policy: {rows[0].eviction_policy or 'unknown'}")
-        if rows[0].eviction_warning:
-            print(f"warning: {rows[0].eviction_warning}", file=sys.stderr)
-    return exitcodes.OK
-
-
-def cmd_dead(args: argparse.Namespace) -> int:
-    """List, requeue or purge the dead letters of one queue."""
-    from daemon.keys import QueueKeys
-    from daemon.reliable import ReliableQueue, dead_letter_body
-    from daemon.status import dead_letters
-
-    settings = _settings(args)
-    queue = settings.queues[0]
-    client = _client(settings)
-    if args.action == "list":
-        for doc in dead_letters(client, queue, max(1, args.limit)):
-            print(json.dumps(doc, ensure_ascii=False))
-        return exitcodes.OK
-    if args.action == "purge":
-        count = int(client.llen(QueueKeys(queue).dead))
-        client.delete(QueueKeys(queue).dead)
-        print(f"purged {count} dead letter(s) of {queue}")
-        return exitcodes.OK
-    reliable = ReliableQueue(client, queue, "taskd-cli")
-    requeued = skipped = 0
-    for entry in client.lrange(QueueKeys(queue).dead, 0, -1):
-        from daemon.reliable import parse_dead_letter
-
-        body = dead_letter_body(parse_dead_letter(entry))
-        if body is None:
-            skipped += 1
-            continue
-        requeued += reliable.requeue_dead(entry, body)
-    print(f"requeued {requeued} dead letter(s) onto {queue}; {skipped} unreadable left in place")
-    return exitcodes.OK
+def verb_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser of each verb of `parser` (from build_parser), by verb."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -663,6 +263,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"taskd {args.verb}: error: {fatal_reason(exc, url)}", file=sys.stderr)
             return exitcodes.CONFIG
         print(f"taskd {args.verb}: error: redis unreachable ({exc})", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return exitcodes.UNAVAILABLE
     except KeyboardInterrupt:
-        return 130
+        return exitcodes.INTERRUPTED

@@ -1,27 +1,24 @@
-"""Redis clients with a deadline on every call, and the policy for losing and regaining them.
+"""Redis clients with a deadline on every call, whose errors say what reached the wire.
 
 The client library is told never to retry on its own (``Retry(NoBackoff(), 0)``): a blocking
 claim that is silently re-sent after a timeout can pop a task into a socket that was just
-dropped. The consume loop owns retries, so it knows when a reply was lost and reconciles.
+dropped. The loops own retries (daemon/faults.py), so they know when a reply was lost.
 
 Whether a failed command may have been applied is decided from the wire, not from error
 texts: every connection taskd makes (TCP, unix, TLS, Sentinel-managed) marks the exception it
-raises with whether the command's bytes had been written (`SentTracking`, `maybe_applied`).
-A reconnect loop may run for days: the backoff is fed a capped failure count (`LinkState`).
+raises with whether the command's bytes had been written (`SentTracking`; read by
+daemon/redis_errors.py's `maybe_applied`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis
-from redis.backoff import AbstractBackoff, FullJitterBackoff, NoBackoff
+from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import (
     MasterNotFoundError,
@@ -32,170 +29,36 @@ from redis.sentinel import (
 )
 
 from daemon import redis_url
-from daemon.config import ConfigError, Settings
+from daemon.config import Settings
 
-# Errors that retrying cannot fix: the daemon stops with exit 78 and one line instead.
-_FATAL_MESSAGES = (
-    "unknown command",
-    "db index is out of range",
-    "invalid db index",
-    "wrongpass",
-    "noauth",
-    "wrongtype",
-    "noperm",
-)
-# Connection errors that no reconnect can cure: TLS trust and protocol mismatches.
-_FATAL_CONNECT_MESSAGES = (
-    "certificate verify failed",
-    "wrong version number",
-    "unknown ca",
-    "bad certificate",
-    "certificate required",
-    "hostname mismatch",
-)
-# Response errors that mean "the server is changing state, try again soon".
-_TRANSIENT_MESSAGES = (
-    "unblocked",
-    "loading",
-    "masterdown",
-    "tryagain",
-    "clusterdown",
-    "readonly",
-    "busy",  # a long script or MODULE command is running
-    "misconf",  # the server cannot persist and refuses writes until it can
-    "noreplicas",  # min-replicas-to-write not met
-    "noscript",  # script cache flushed (restart, SCRIPT FLUSH): reloaded on the next call
+# Moved to daemon/faults.py and daemon/redis_errors.py; re-exported here until every importer
+# (cli, web, http, reliable, ownership and some tests) names the new modules.
+from daemon.faults import BACKOFF_STEPS, LinkState, make_backoff
+from daemon.redis_errors import (
+    REFUSED,
+    SENT,
+    RedisFatalError,
+    SentinelAuthError,
+    fatal_reason,
+    is_transient,
+    maybe_applied,
+    refusal_reason,
 )
 
-
-class RedisFatalError(ConfigError):
-    """Redis refuses us for a reason that reconnecting will not change (exit 78)."""
-
-
-class SentinelAuthError(redis.AuthenticationError):
-    """A sentinel refused our AUTH (wrong, missing or unexpected sentinel password).
-
-    redis-py's Sentinel would report it as "no master found", which looks like an outage
-    and is retried for ever; raised instead so the daemon stops with exit 78.
-    """
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True when waiting and reconnecting can cure `exc` (network, restart, failover)."""
-    if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthorizationError):
-        return False
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
-        return not any(m in str(exc).lower() for m in _FATAL_CONNECT_MESSAGES)
-    if isinstance(
-        exc,
-        redis.ReadOnlyError
-        | redis.exceptions.BusyLoadingError
-        | redis.exceptions.OutOfMemoryError  # maxmemory reached: waits until memory is freed
-        | redis.exceptions.NoScriptError,
-    ):
-        return True
-    if isinstance(exc, redis.ResponseError):
-        return str(exc).lower().startswith(_TRANSIENT_MESSAGES)
-    return False
-
-
-# What an error reply that waiting cures says about the server, by its error code.
-_REFUSALS = {
-    "READONLY": "a read-only replica (READONLY)",
-    "LOADING": "loading its dataset (LOADING)",
-    "BUSY": "busy running a script (BUSY)",
-    "MISCONF": "unable to persist, refusing writes (MISCONF)",
-    "NOREPLICAS": "not enough replicas for writes (NOREPLICAS)",
-    "MASTERDOWN": "a replica whose master link is down (MASTERDOWN)",
-    "UNBLOCKED": "changing role (UNBLOCKED)",
-    "TRYAGAIN": "migrating keys (TRYAGAIN)",
-    "CLUSTERDOWN": "a cluster that is down (CLUSTERDOWN)",
-}
-
-
-def refusal_reason(exc: BaseException) -> str:
-    """Why Redis, answering, refused a command in a way waiting cures; "" if it did not answer.
-
-    Out of memory is not one of these: the consumer drains a full Redis (see daemon/memory.py).
-    """
-    if not isinstance(exc, redis.ResponseError | redis.exceptions.BusyLoadingError):
-        return ""
-    if isinstance(exc, redis.exceptions.OutOfMemoryError) or not is_transient(exc):
-        return ""
-    if isinstance(exc, redis.exceptions.BusyLoadingError):
-        return _REFUSALS["LOADING"]
-    if isinstance(exc, redis.ReadOnlyError):
-        return _REFUSALS["READONLY"]
-    code = (str(exc).split(" ", 1)[0] or type(exc).__name__).upper()
-    return _REFUSALS.get(code, f"refusing commands ({code})")
-
-
-def maybe_applied(exc: BaseException) -> bool:
-    """Could the command that raised `exc` have been carried out by the server anyway?
-
-    Decided by what happened on the wire, as recorded by taskd's connection classes
-    (`SentTracking`): an error reply means refused; an exception raised before any byte of
-    the command was written (connect, handshake, health check, a pool checkout, "max number
-    of clients reached", Sentinel's MasterNotFoundError) means never sent; once the write
-    began, a timeout or a broken connection leaves it unknown (the reply may be what was
-    lost). An exception that did not pass through those classes gets the conservative
-    answer of its type.
-    """
-    if isinstance(exc, redis.ResponseError | redis.exceptions.BusyLoadingError):
-        return False
-    if getattr(exc, REFUSED, False):
-        return False
-    sent = getattr(exc, SENT, None)
-    if sent is not None:
-        return bool(sent)
-    text = str(exc).lower()
-    if "connecting to" in text or "timeout connecting" in text:
-        return False
-    return isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError)
-
-
-def fatal_reason(exc: BaseException, url: str) -> str:
-    """One line explaining why `exc` stops the daemon, naming the (redacted) URL."""
-    where = redis_url.redact(url)
-    text = str(exc).strip() or type(exc).__name__
-    lowered = text.lower()
-    if isinstance(exc, SentinelAuthError):
-        hint = (
-            "expected the sentinels' own password (their requirepass) in the URL's "
-            "sentinel_password=, --sentinel-password-file or TASKD_SENTINEL_PASSWORD"
-        )
-    elif (
-        isinstance(exc, redis.AuthenticationError) or "wrongpass" in lowered or "noauth" in lowered
-    ):
-        hint = "expected a valid username/password in the redis URL"
-    elif "unknown command" in lowered:
-        hint = "expected Redis 6.2 or newer (taskd needs BLMOVE and Lua scripting)"
-    elif "db index" in lowered:
-        hint = "expected a database index the server has (see its `databases` setting)"
-    elif (
-        "noperm" in lowered
-        or "can't run this command" in lowered  # a command inside a script, under an ACL
-        or isinstance(exc, redis.exceptions.NoPermissionError)
-    ):
-        hint = (
-            "expected an ACL user allowed the taskd commands, keys and channels "
-            "(conf/redis-acl.conf)"
-        )
-    elif any(m in lowered for m in _FATAL_CONNECT_MESSAGES):
-        hint = (
-            "expected a server certificate signed by the CA of --tls-ca-file (and a client "
-            "certificate the server accepts, for mutual TLS)"
-        )
-    elif "wrongtype" in lowered:
-        hint = "expected the queue keys to be lists/sets of taskd; another program uses that name"
-    else:
-        hint = "expected a Redis server that accepts taskd's commands"
-    return f"redis {where}: {text}; {hint}"
-
-
-# Attributes set on an exception by the connection classes below (see `maybe_applied`).
-SENT = "taskd_sent"  # False: raised before any byte of the command was written
-REFUSED = "taskd_refused"  # True: the server answered the command with an error reply
+__all__ = [
+    "BACKOFF_STEPS",
+    "REFUSED",
+    "SENT",
+    "LinkState",
+    "RedisFatalError",
+    "SentinelAuthError",
+    "fatal_reason",
+    "is_transient",
+    "make_backoff",
+    "make_client",
+    "maybe_applied",
+    "refusal_reason",
+]
 
 
 def _mark(exc: BaseException, attribute: str, value: bool, force: bool) -> None:
@@ -476,89 +339,3 @@ def _sentinel_client(
         **kwargs,
     )
     return client
-
-
-def make_backoff(settings: Settings) -> AbstractBackoff:
-    """Exponential backoff with full jitter, capped: the reconnect policy of every loop."""
-    return FullJitterBackoff(cap=settings.backoff_cap, base=settings.backoff_base)
-
-
-# The backoff is fed at most this many failures: 2**32 x any base is past any cap, while a
-# count that grows for days would overflow the exponential (OverflowError near 1,024).
-BACKOFF_STEPS = 32
-
-
-@dataclass
-class LinkState:
-    """Whether Redis is reachable; logs each state change once, not once per attempt.
-
-    `failed()` returns how long to wait before the next attempt, from the injected backoff;
-    the clock is injected too, so tests drive it without sleeping.
-    """
-
-    backoff: AbstractBackoff
-    log: Any
-    clock: Callable[[], float] = time.monotonic
-    connected: bool | None = None  # None: not tried yet
-    failures: int = 0  # attempts that failed in this outage: the true count, for the logs
-    down_since: float | None = None
-    reconnects: int = 0
-    listeners: list[Callable[[bool], None]] = field(default_factory=list)
-    # Reachable but refusing writes for a reason of its own (e.g. "out of memory"); "" = none.
-    refusing: str = ""
-    # maxmemory-policy read after the last (re)connect; "" = not known yet.
-    eviction_policy: str = ""
-    # The current outage is Redis answering with error replies that waiting cures (READONLY,
-    # LOADING, BUSY...): reachable, but refusing our commands. "" = unreachable, or no outage.
-    rejecting: str = ""
-    rejecting_since: float | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def failed(self, exc: BaseException) -> float:
-        """Record a failed call; returns the delay before the next attempt."""
-        with self._lock:
-            rejecting = refusal_reason(exc)
-            if self.connected is not False:
-                self.down_since = self.clock()
-                self.log.warning(
-                    "redis.disconnected",
-                    error=f"{type(exc).__name__}: {exc}",
-                    first_contact=self.connected is None,
-                    **({"refusing": rejecting} if rejecting else {}),
-                )
-                self.connected = False
-                self._notify(False)
-            if rejecting and not self.rejecting:
-                self.rejecting_since = self.clock()
-            self.rejecting = rejecting
-            if not rejecting:
-                self.rejecting_since = None
-            self.failures += 1
-            return float(self.backoff.compute(min(self.failures, BACKOFF_STEPS)))
-
-    def succeeded(self) -> bool:
-        """Record a successful call; True when this ended an outage."""
-        if self.connected:  # the hot path: nothing changes, no lock needed
-            return False
-        with self._lock:
-            if self.connected:
-                return False
-            was_down = self.connected is False
-            if was_down:
-                outage = self.clock() - (self.down_since or self.clock())
-                self.reconnects += 1
-                self.log.info(
-                    "redis.reconnected", outage_seconds=round(outage, 3), attempts=self.failures
-                )
-            else:
-                self.log.info("redis.connected")
-            self.connected = True
-            self.failures = 0
-            self.down_since = None
-            self.rejecting, self.rejecting_since = "", None
-            self._notify(True)
-            return was_down
-
-    def _notify(self, up: bool) -> None:
-        for listener in self.listeners:
-            listener(up)

@@ -1,13 +1,17 @@
 """The consume loop: claim -> handle -> ack, with heartbeats, recovery, signals and reconnects.
 
-One turn of the loop: mark progress, do what is due (heartbeat, promote delayed retries,
-recover dead peers, reconcile a lost claim reply), claim with a finite deadline, handle.
-Redis errors never end the loop: it waits with backoff and goes on; only errors that waiting
-cannot cure (wrong password, server too old) raise RedisFatalError (exit 78).
+One thread runs the loop; each turn: mark progress, do what is due (heartbeat, promote delayed
+retries, recover dead peers, reconcile a lost claim reply: daemon/duties.py), claim while a
+handler slot is free (a batch of --prefetch, or one per free slot, in one round trip:
+daemon/claims.py), start claimed tasks in free slots (--concurrency: daemon/inflight.py),
+settle the finished ones (daemon/settle.py; give-backs: daemon/recovery.py). Redis errors
+never end the loop: the fault policy (daemon/faults.py) waits with backoff and goes on; only
+errors that waiting cannot cure (wrong password, server too old) raise RedisFatalError (78).
 
-Redis full (OOM under noeviction) is not Redis down: the loop claims with a non-blocking
-allow-oom script (polling) and settles with allow-oom scripts, so the queue keeps draining;
-a plain claim every OOM_PROBE_EVERY seconds tells when Redis accepts writes again.
+Every task this process holds (claimed ahead, running, finished but not yet acked) is in its
+processing list: a kill -9 loses none, each is recovered counting one failed attempt. A stop
+(SIGTERM) claims no more, gives the unstarted ones back to the queue front in order with no
+attempt counted, lets the running ones finish within --drain-timeout and acks them.
 A worker id is held by one live process (daemon/ownership.py): a second one exits 78 or
 waits, and a process that finds its id taken over exits 78 without touching its list.
 """
@@ -16,9 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
-import traceback
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -27,19 +30,15 @@ import structlog
 from redis.backoff import AbstractBackoff
 
 from daemon import exitcodes, metrics
+from daemon.claims import Claimed, Claimer
 from daemon.config import Settings
-from daemon.connection import (
-    LinkState,
-    RedisFatalError,
-    fatal_reason,
-    is_transient,
-    make_backoff,
-    make_client,
-    maybe_applied,
-)
+from daemon.connection import make_client
+from daemon.duties import MAINTAIN_GRANULARITY, Duties
+from daemon.faults import Unknown
 from daemon.handlers import Handler
-from daemon.lifecycle import GracefulStop
+from daemon.inflight import InlineSlot, Runs, Slots, Task, make_slots
 from daemon.liveness import Progress
+from daemon.loop_base import RedisLoop
 from daemon.memory import (
     SAFE_POLICY,
     MemoryState,
@@ -48,27 +47,20 @@ from daemon.memory import (
     supports_script_flags,
 )
 from daemon.ownership import IdKeeper, Owner
+from daemon.recovery import OrphanClaims, Recovery
+from daemon.redis_errors import RedisFatalError
 from daemon.redis_url import redact
-from daemon.reliable import (
-    ReliableQueue,
-    WorkerIdLost,
-    dead_letter_entry,
-    digest,
-    safe_text,
-)
-from daemon.task_heartbeat import TaskHeartbeat, describe_error
+from daemon.reliable import ReliableQueue, WorkerIdLost, digest
+from daemon.settle import Settler
+from daemon.task_heartbeat import TaskHeartbeat
 
 T = TypeVar("T")
 
-HEARTBEAT_EVERY = 1.0  # seconds between heartbeats of a busy worker
-PROMOTE_EVERY = 1.0  # seconds between moves of due retries back to pending
-MAINTAIN_GRANULARITY = 0.1  # seconds: how often the loop looks at what is due
-MAX_TRACEBACK = 4000  # characters of a handler's traceback kept in its failure log line
-OOM_POLL = 0.3  # seconds between claims of an empty queue while Redis is out of memory
-OOM_PROBE_EVERY = 0.5  # seconds between plain claims that tell whether Redis is still full
+BUSY_CLAIM_WAIT = 0.05  # seconds a claim blocks while tasks run: their acks wait that long
+ACK_WINDOW = 0.05  # seconds a finished task may wait for others to share its ack (--prefetch)
 
 
-class Consumer:
+class Consumer(RedisLoop):
     """Consumes the configured queues until asked to stop."""
 
     def __init__(
@@ -82,45 +74,36 @@ class Consumer:
         progress: Progress | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings = settings
-        self.handler = handler
         self.worker = settings.worker_id
-        self.log = structlog.get_logger("taskd.consumer").bind(worker=self.worker)
+        log = structlog.get_logger("taskd.consumer").bind(worker=self.worker)
+        lost = "tasks left in the processing list; they will be recovered"
+        super().__init__(
+            settings,
+            log,
+            role="consumer",
+            lost=lost,
+            backoff=backoff,
+            progress=progress,
+            clock=clock,
+        )
+        self.handler = handler
         self.client = client or make_client(settings, client_name=f"taskd-claim:{self.worker}")
         self.aux_client = aux_client or make_client(
             settings, client_name=f"taskd-aux:{self.worker}"
         )
-        # Server-side ids of the claim connections this process opened: the only ones that
-        # `_kill_orphan_claims` may close (another process may share our name).
-        self._claim_ids: set[int] = set()
-        _track_connection_ids(self.client, self._claim_ids)
+        self.orphans = OrphanClaims(self.client, self.worker, self.log)
         self.owner = Owner.current()
         self.queues = [
             ReliableQueue(self.client, q, self.worker, self.owner) for q in settings.queues
         ]
-        self.link = LinkState(backoff or make_backoff(settings), self.log, clock=clock)
         self.memory = MemoryState(self.link, self.log)
-        self._oom_probe_at = 0.0
+        self.claimer = Claimer(self.queues, self.memory, self.stop_requested, clock)
+        self.faults.on_reconnect.append(self._reconnected)
+        self.faults.on_disconnect.append(self._link_lost)
+        self.faults.on_oom.append(lambda: self.claimer.memory_seen(True))
         self._server_checked = False  # the startup check (script flags, policy) is done
         self._episode_checked = False  # ... or the check of this connection episode
-        self.link.listeners.append(lambda up: metrics.REDIS_CONNECTED.set(1 if up else 0))
-        self.progress = progress or Progress(clock)
-        self.clock = clock
-        self.stop = GracefulStop(
-            "consumer",
-            settings.drain_timeout,
-            self.log,
-            self.progress,
-            "task left in the processing list; it will be recovered",
-        )
-        self.stop_requested = self.stop.requested
-        self._never = threading.Event()  # waits that a stop must not cut short
         self._started = False
-        self._reconcile_at: list[float] = []  # when to look for lost claim replies
-        self._next: dict[str, float] = {}
-        self._turn = 0
-        self._maintain_after = 0.0
-        self._attempt_started = clock()
         self._ids = IdKeeper(
             self.queues, self.owner, settings.heartbeat_ttl, self.log, self.stop_requested.wait
         )
@@ -131,64 +114,143 @@ class Consumer:
             self.progress,
         )
         metrics.preexport(settings.queues)
-        self._metrics = {q: metrics.QueueMetrics(q) for q in settings.queues}
-        self._next_task: tuple[ReliableQueue, bytes] | None = None  # claimed with the last ack
-
-    def request_stop(self, signum: int = 15, _frame: Any = None) -> None:
-        """First signal: stop claiming and drain. Second signal: exit at once."""
-        self.stop.request(signum, _frame)
-
-    # -- the loop ---------------------------------------------------------------------------
-    def run(self) -> int:
-        """Consume until stopped; returns the exit code (0 after a clean drain)."""
-        s = self.settings
-        self.log.info(
-            "consumer.started",
-            queues=list(s.queues),
-            redis=redact(s.redis_url),
-            block_timeout=s.block_timeout,
-            socket_timeout=s.socket_timeout,
-            max_attempts=s.max_attempts,
-            pid=os.getpid(),
+        self.metrics = {q: metrics.QueueMetrics(q) for q in settings.queues}
+        self.recovery = Recovery(
+            self.queues, self.worker, settings.max_attempts, self.metrics, self.log
         )
-        self._task_heartbeat.start()
-        try:
-            while not self.stop_requested.is_set():
-                self._turn_once()
-            self._shutdown()
-        except WorkerIdLost as exc:
-            self.log.error("worker.id_lost", error=str(exc), exit_code=exitcodes.CONFIG)
-            raise
-        finally:
-            self._task_heartbeat.stop()
-            self.stop.finished()
-        self.log.info("consumer.stopped", exit_code=exitcodes.OK)
-        return exitcodes.OK
+        self.duties = Duties(
+            settings, self.queues, self.recovery, self.link, lambda: self.held, clock
+        )
+        self.settler = Settler(self)
+        self.slots: Slots = InlineSlot(handler, self._runs())  # begin() makes the real ones
+        self.held: list[Task] = []  # claimed and not settled: what our processing lists hold
+        self.unstarted: deque[Task] = deque()  # claimed ahead (--prefetch), oldest first
+        self.finished: list[Task] = []  # handled, waiting for their ack
 
-    def _turn_once(self) -> None:
-        self._attempt_started = self.clock()
+    def _runs(self) -> Runs:
+        return Runs(self.progress, self.metrics, self.clock)
+
+    # -- the loop (its frame: daemon/loop_base.py) ------------------------------------------
+    def started_fields(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "queues": list(s.queues),
+            "redis": redact(s.redis_url),
+            "block_timeout": s.block_timeout,
+            "socket_timeout": s.socket_timeout,
+            "max_attempts": s.max_attempts,
+            "prefetch": s.prefetch,
+            "concurrency": s.concurrency,
+            "pid": os.getpid(),
+        }
+
+    def begin(self) -> None:
+        """Handler threads (or the event loop) and the heartbeat keeper: only when running."""
+        self.slots = make_slots(self.settings.concurrency, self.handler, self._runs(), self.log)
+        self._task_heartbeat.start()
+
+    def turn(self) -> None:
+        self._turn_once(self.slots)
+
+    def end(self) -> None:
+        """Stopping: the tasks in flight finish (the drain timer bounds it), then goodbye."""
+        while self.held:
+            self._turn_once(self.slots)
+        self._shutdown()
+
+    def crashed(self, exc: Exception) -> None:
+        if isinstance(exc, WorkerIdLost):
+            self.log.error("worker.id_lost", error=str(exc), exit_code=exitcodes.CONFIG)
+
+    def close(self) -> None:
+        self._task_heartbeat.stop()
+        self.slots.close()
+
+    def _turn_once(self, slots: Slots) -> None:
+        self.faults.attempt()
         self.progress.mark()
         try:
             if not self._started:
                 self._startup()
-                self._redis_ok()  # before blocking in the first claim: /readyz answers at once
+                self.faults.succeeded()  # before blocking in the first claim: /readyz at once
                 if not self._started:  # waiting for our worker id
                     return
-            self._maintain()
-            claimed = self._next_task
-            self._next_task = None
-            if claimed is None:
-                claimed = self._claim()
-                self.progress.work_done()  # a task, or the queue was empty: no stall
+            sent = self.duties.run(self.clock())
+            if self.stop_requested.is_set():
+                sent = self._release_unstarted() or sent
+            elif not self.unstarted and slots.running < slots.capacity:
+                wait = BUSY_CLAIM_WAIT if slots.running else self.settings.block_timeout
+                self._hold(self.claimer.claim(wait, self._batch(slots)))
+                self.progress.work_done()  # tasks, or the queue was empty: no stall
+                sent = True
+                if self.held:  # maybe after an idle stretch: beat before a long task starts
+                    self.duties.beat_if_due(self.clock())
         except Exception as exc:
-            # a task claimed ahead may meanwhile be recovered by a peer: let the
-            # reconciliation after the reconnect return it instead of running it late
-            self._next_task = None
-            self._redis_failed(exc, interruptible=True)
+            # tasks claimed ahead may meanwhile be recovered by a peer: let a reconciliation
+            # (the next turn's, or the one after the reconnect) return them, not run them late
+            if self.unstarted:
+                self._forget(list(self.unstarted))
+                self.unstarted.clear()
+                self.duties.reconcile_soon()
+            self.faults.failed(exc, interruptible=True)
             return
-        self._redis_ok()
-        if claimed is not None:
-            self._process(*claimed)
+        if sent:  # only a command that went through says Redis is back
+            self.faults.succeeded()
+        while self.unstarted and slots.running < slots.capacity:
+            if self.stop_requested.is_set():
+                break
+            slots.start(self.unstarted.popleft())
+        self._settle_finished(slots)
+
+    def _hold(self, claimed: Claimed) -> None:
+        for queue, body in claimed:
+            task = Task(queue, body, digest(body))
+            self.metrics[task.queue_name].claimed.inc()
+            self.held.append(task)
+            self.unstarted.append(task)
+
+    def _forget(self, tasks: list[Task]) -> None:
+        """`tasks` are no longer ours to settle (settled, given back, or left to recovery)."""
+        gone = {id(t) for t in tasks}
+        self.held = [t for t in self.held if id(t) not in gone]
+
+    def _settle_finished(self, slots: Slots) -> None:
+        """Collect finished tasks and settle them, together when they finish together."""
+        stopping = self.stop_requested.is_set()
+        wait = 0.0
+        if slots.running and (slots.running >= slots.capacity or stopping):
+            wait = MAINTAIN_GRANULARITY  # nothing else to do until one finishes
+            if self.finished:
+                wait = min(wait, self.finished[0].finished_at + ACK_WINDOW - self.clock())
+        self.finished += slots.collect(max(0.0, wait))
+        if not self.finished:
+            return
+        if (
+            not stopping
+            and self.unstarted
+            and len(self.finished) < self.settings.prefetch
+            and self.clock() - self.finished[0].finished_at < ACK_WINDOW
+        ):
+            return  # more will finish soon (a batch): one ack for them all
+        batch, self.finished = self.finished, []
+        lost = self._task_heartbeat.lost
+        if lost is not None:  # another process holds our id now
+            raise lost
+        room = not stopping and not self.unstarted and slots.running < slots.capacity
+        self._hold(self.settler.settle(batch, self._batch(slots) if room else 0))
+
+    def _batch(self, slots: Slots) -> int:
+        """How many tasks to claim at once: --prefetch, or enough for every free slot."""
+        return max(self.settings.prefetch, slots.capacity - slots.running)
+
+    def _release_unstarted(self) -> bool:
+        """Stopping: tasks claimed ahead go back to the queue front, in order, no attempt."""
+        if not self.unstarted:
+            return False
+        self.recovery.release([(t.queue, t.body) for t in self.unstarted])
+        self._forget(list(self.unstarted))
+        self.unstarted.clear()
+        return True
 
     def _startup(self) -> None:
         """Check the server, take our worker id, return what our last process held."""
@@ -203,20 +265,9 @@ class Consumer:
             return
         self.progress.waiting = ""
         for queue in self.queues:
-            recovered = queue.return_own(self.settings.max_attempts, count_attempt=True)
-            if recovered.returned or recovered.doomed:
-                self.log.warning(
-                    "recovery.own_tasks",
-                    queue=queue.keys.queue,
-                    returned=recovered.returned,
-                    dead_lettered=len(recovered.doomed),
-                    note="held when this worker last stopped; counted as a failed attempt",
-                )
-                self._metrics[queue.keys.queue].recovered.inc(
-                    recovered.returned + len(recovered.doomed)
-                )
-            self._dead_letter_doomed(queue, recovered.doomed, self.worker)
+            self.recovery.return_own(queue)
             queue.heartbeat(self.settings.heartbeat_ttl)
+        self.duties.beaten(self.clock())
         self._started = True
 
     def _check_server(self, startup: bool) -> None:
@@ -239,399 +290,73 @@ class Consumer:
             report_policy(policy, self.link, self.log)
         self._episode_checked = True
 
-    def _due(self, name: str, every: float, now: float) -> bool:
-        if now >= self._next.get(name, 0.0):
-            self._next[name] = now + every
-            return True
-        return False
-
-    def _maintain(self) -> None:
-        now = self.clock()
-        if now < self._maintain_after:  # the hot path: nothing is due yet
-            return
-        self._maintain_after = now + MAINTAIN_GRANULARITY
-        s = self.settings
-        if self._due("heartbeat", min(HEARTBEAT_EVERY, s.heartbeat_ttl / 3), now):
-            for queue in self.queues:
-                queue.heartbeat(s.heartbeat_ttl)
-        if self._due("promote", PROMOTE_EVERY, now):
-            for queue in self.queues:
-                queue.promote_due()
-        # Not in the turn that ends an outage: peers get one heartbeat TTL to beat again
-        # first (see _redis_ok), and our own lost claims are reconciled right after it.
-        if self.link.connected and self._due("recover", s.recovery_interval, now):
-            self._recover_dead_peers()
-            self._reconcile("periodic")
-        if any(t <= now for t in self._reconcile_at):
-            self._reconcile_at = [t for t in self._reconcile_at if t > now]
-            self._reconcile("after_reconnect")
-
-    def _claim(self) -> tuple[ReliableQueue, bytes] | None:
-        """Claim the next task: blocking while Redis takes writes, polling while it is full."""
-        if self.memory.full:
-            return self._claim_when_full()
-        try:
-            return self._claim_plain()
-        except redis.exceptions.OutOfMemoryError:
-            self._memory_seen(True)
-            return self._claim_when_full()
-
-    def _memory_seen(self, refused: bool | None) -> None:
-        """A plain claim was refused as OOM (True) or carried out (False); None: no news."""
-        if refused is None:
-            return
-        if refused:
-            self._oom_probe_at = self.clock() + OOM_PROBE_EVERY
-        self.memory.update(refused)
-
-    def _claim_when_full(self) -> tuple[ReliableQueue, bytes] | None:
-        """Redis is full: BLMOVE/LMOVE are refused, so claim by an allow-oom script, polling.
-
-        Every OOM_PROBE_EVERY seconds a plain claim is tried instead: once Redis takes it,
-        the loop goes back to the blocking claim.
-        """
-        if self.clock() >= self._oom_probe_at:
-            try:
-                claimed = self._try_claim_each()
-            except redis.exceptions.OutOfMemoryError:
-                self._memory_seen(True)
-            else:
-                self._memory_seen(False)
-                return claimed
-        for queue in self.queues:
-            body = queue.claim_when_full()
-            if body is not None:
-                return queue, body
-        self.stop_requested.wait(OOM_POLL)
-        return None
-
-    def _try_claim_each(self) -> tuple[ReliableQueue, bytes] | None:
-        for queue in self.queues:  # priority: the order given
-            body = queue.try_claim()
-            if body is not None:
-                return queue, body
-        return None
-
-    def _claim_plain(self) -> tuple[ReliableQueue, bytes] | None:
-        timeout = self.settings.block_timeout
-        if len(self.queues) == 1:
-            body = self.queues[0].claim(timeout)
-            return (self.queues[0], body) if body is not None else None
-        claimed = self._try_claim_each()
-        if claimed is not None:
-            return claimed
-        queue = self.queues[self._turn % len(self.queues)]
-        self._turn += 1
-        body = queue.claim(max(0.1, timeout / len(self.queues)))
-        return (queue, body) if body is not None else None
-
-    # -- one task ---------------------------------------------------------------------------
-    def _process(self, queue: ReliableQueue, body: bytes) -> None:
-        name = queue.keys.queue
-        m = self._metrics[name]
-        task_digest = digest(body)
-        task_id = task_digest[:12]
-        m.claimed.inc()
-        structlog.contextvars.bind_contextvars(queue=name, task=task_id)
-        self.progress.task_started(f"{name}:{task_id}")
-        self._task_heartbeat.busy = True
-        m.in_progress.inc()
-        started = time.perf_counter()
-        error: str | None = None
-        trace = ""
-        try:
-            self.handler(body)
-        except Exception as exc:
-            error = describe_error(exc)
-            trace = safe_text(traceback.format_exc()[-MAX_TRACEBACK:])
-        finally:
-            duration = time.perf_counter() - started
-            self._task_heartbeat.busy = False
-            # The handler is done: from here the task timeout no longer applies, so a long
-            # Redis outage while settling is waited out (progress is marked per retry).
-            self.progress.task_finished()
-            m.in_progress.dec()
-            m.duration.observe(duration)
-        try:
-            if self._task_heartbeat.lost is not None:  # another process holds our id now
-                raise self._task_heartbeat.lost
-            if error is None:
-                self._succeeded(queue, body, duration, task_digest)
-            else:
-                self._failed(queue, body, error, duration, trace)
-        finally:
-            structlog.contextvars.unbind_contextvars("queue", "task")
-
-    def _succeeded(
-        self, queue: ReliableQueue, body: bytes, duration: float, task_digest: str
-    ) -> None:
-        m = self._metrics[queue.keys.queue]
-
-        def ack() -> tuple[tuple[bool, int], bytes | None]:
-            if queue is self.queues[0] and not self.stop_requested.is_set():
-                # ack and claim the next task of the first (highest priority) queue at once;
-                # while Redis is full the claim is the allow-oom script, but for a probe
-                scripted = self.memory.full and self.clock() < self._oom_probe_at
-                settled = queue.ack_and_claim_next(body, task_digest, scripted_claim=scripted)
-                self._memory_seen(queue.claim_refused_oom)
-                if queue.claim_lost:
-                    self._claim_reply_lost()
-                return settled
-            return queue.ack(body), None
-
-        settled = self._settle(ack, "task.ack_uncertain")
-        if settled is None:
-            return
-        outcome, following = settled
-        if following is not None:
-            self._next_task = (queue, following)
-        acked, previous_failures = outcome
-        m.last_success.set_to_current_time()
-        fields = {"attempt": previous_failures + 1, "duration": round(duration, 6)}
-        if acked:
-            m.acked.inc()
-            self.log.info("task.done", **fields)
-        else:
-            m.done_but_recovered.inc()  # the ack removed nothing: a peer had recovered it
-            self.log.warning(
-                "task.done_but_recovered",
-                note="a peer recovered this task while it ran (heartbeat lost?); it may run twice",
-                **fields,
-            )
-
-    def _claim_reply_lost(self) -> None:
+    def claim_reply_lost(self) -> None:
         """The ack's reply came, the claim's did not: return the claim at the next turn.
 
-        The claim is non-blocking (LMOVE), so once the connection broke it either moved a
-        task in or never will: one reconciliation, before the next claim, settles it.
+        The claim is non-blocking, so once the connection broke it either moved tasks in or
+        never will: one reconciliation, before the next claim, settles it.
         """
         self.log.debug("claim.reply_uncertain", note="connection broke after the ack's reply")
-        self._reconcile_at.append(self.clock())
-        self._maintain_after = 0.0
+        self.duties.reconcile_soon()
 
-    def _failed(
-        self, queue: ReliableQueue, body: bytes, error: str, duration: float, trace: str
-    ) -> None:
-        m = self._metrics[queue.keys.queue]
-        m.failed.inc()
-        s = self.settings
-        entry = dead_letter_entry(body, error, 0, self.worker, time.time())
-        settled = self._settle(
-            lambda: queue.fail(body, entry, s.max_attempts, s.retry_base, s.retry_cap),
-            "task.fail_uncertain",
-        )
-        if settled is None:
-            return
-        verdict, attempts, delay = settled
-        fields = {"attempt": attempts, "error": error, "duration": round(duration, 6)}
-        if verdict == "dead":
-            m.dead_lettered.inc()
-            self.log.error("task.dead_lettered", traceback=trace, **fields)
-        elif verdict == "retry":
-            m.retried.inc()
-            self.log.warning("task.failed", retry_in=round(delay, 3), traceback=trace, **fields)
-        else:
-            self.log.warning(
-                "task.failed_but_recovered",
-                note="a peer recovered this task while it ran (heartbeat lost?); it may run twice",
-                **fields,
-            )
+    # -- settling under the fault policy ----------------------------------------------------
+    def settle(self, operation: Callable[[], T], event: str, tasks: list[Task]) -> T | None:
+        """Carry out the ack or failure of `tasks`; None when its outcome became unknown.
 
-    def _settle(self, operation: Callable[[], T], event: str) -> T | None:
-        """Carry out an ack or a failure; None when its outcome became unknown.
-
-        Refused or never sent (Redis down, READONLY, LOADING...): wait and send it again,
-        for as long as it takes (the drain timer bounds a stop). Sent but unanswered: it may
-        have been applied, so it is not re-sent (see `_settle_uncertain`).
+        Refused or never sent (Redis down, READONLY, LOADING...): sent again after the
+        backoff, for as long as it takes (the drain timer bounds a stop). Sent but
+        unanswered: it may have been applied, so it is not re-sent (`_settle_uncertain`).
         """
-        while True:
-            self._attempt_started = self.clock()
-            try:
-                result = operation()
-            except Exception as exc:
-                if maybe_applied(exc):
-                    self._settle_uncertain(exc, event)
-                    return None
-                self._redis_failed(exc, interruptible=False)
-                # a claim sent along with a refused ack is returned at the next turn
-                self._reconcile_at.append(self.clock())
-                continue
-            self._redis_ok()
-            self.progress.work_done()
-            return result
+        self._forget(tasks)  # from here a reconciliation must not keep them
+        settled = self.faults.settle(operation)
+        if settled.refusals:  # a claim sent along with a refused ack: returned next turn
+            self.duties.reconcile_soon()
+        if isinstance(settled, Unknown):
+            self._settle_uncertain(settled.error, event, tasks)
+            return None
+        self.progress.work_done()
+        return settled.value
 
-    def _settle_uncertain(self, exc: Exception, event: str) -> None:
+    def _settle_uncertain(self, exc: Exception, event: str, tasks: list[Task]) -> None:
         """The reply to an ack or a failure was lost: it may or may not have been applied.
 
         Re-sending it could act on another copy of the same body (an unseen claim), so
-        instead everything this worker holds goes back to the queue front: an applied
-        outcome stays applied, an unapplied one means the task runs again (at-least-once).
+        instead what this worker's list holds beyond the tasks it still handles goes back to
+        the queue front: an applied outcome stays applied, an unapplied one means the task
+        runs again (at-least-once).
         """
-        self._redis_failed(exc, interruptible=False)
-        self._next_task = None
-        self._call(lambda: self._reconcile("settle_reply_lost"))
-        self.log.warning(
-            event,
-            error=f"{type(exc).__name__}: {exc}",
-            note="reply lost; what this worker held went back to the queue; the task may run again",
-        )
-
-    # -- recovery ---------------------------------------------------------------------------
-    def _recover_dead_peers(self) -> None:
-        for queue in self.queues:
-            for worker in queue.dead_workers():
-                recovered = queue.recover_worker(worker, self.settings.max_attempts)
-                if recovered.skipped:
-                    continue
-                total = recovered.returned + len(recovered.doomed)
-                if total:
-                    self._metrics[queue.keys.queue].recovered.inc(total)
-                self.log.warning(
-                    "recovery.dead_worker",
-                    queue=queue.keys.queue,
-                    dead_worker=worker,
-                    returned=recovered.returned,
-                    dead_lettered=len(recovered.doomed),
-                )
-                self._dead_letter_doomed(queue, recovered.doomed, worker)
-
-    def _dead_letter_doomed(self, queue: ReliableQueue, doomed: list[bytes], holder: str) -> None:
-        """Tasks whose holder died once too often: each a failed attempt, now the last."""
-        for body in doomed:
-            entry = dead_letter_entry(
-                body,
-                f"worker {holder} stopped while handling the task "
-                "(killed, crashed or hung past --task-timeout)",
-                self.settings.max_attempts,
-                holder,
-                time.time(),
-            )
-            if not queue.dead_letter(body, entry):
-                self.log.warning(
-                    "task.dead_letter_skipped",
-                    queue=queue.keys.queue,
-                    task=digest(body)[:12],
-                    note="no longer in this worker's processing list; nothing was moved",
-                )
-                continue
-            self._metrics[queue.keys.queue].dead_lettered.inc()
-            self.log.error(
-                "task.dead_lettered",
-                queue=queue.keys.queue,
-                task=digest(body)[:12],
-                attempt=self.settings.max_attempts,
-                error="its worker died while handling it",
+        self.faults.call(lambda: self.duties.reconcile("settle_reply_lost"), interruptible=False)
+        context = {"queue": tasks[0].queue_name, "task": tasks[0].id} if tasks else {}
+        with structlog.contextvars.bound_contextvars(**context):
+            self.log.warning(
+                event,
+                error=f"{type(exc).__name__}: {exc}",
+                tasks=len(tasks),
+                note="reply lost; what this worker held went back to the queue; "
+                "the task may run again",
             )
 
-    def _reconcile(self, why: str) -> None:
-        """Return claims whose reply never reached us.
+    # -- reactions to the link --------------------------------------------------------------
+    def _reconnected(self) -> None:
+        """An outage ended: check the server again, close orphans, plan the reconciliations."""
+        if not self._episode_checked:  # maybe another server (failover, restart)
+            with contextlib.suppress(redis.RedisError):  # the next reconnect reads it again
+                self._check_server(startup=False)
+        self.orphans.kill()
+        self.duties.reconnected()
 
-        Between tasks our processing lists hold nothing but the task claimed with the last
-        ack (`_next_task`), which is kept.
-        """
-        held = self._next_task
-        for queue in self.queues:
-            keep = held[1] if held is not None and held[0] is queue else None
-            recovered = queue.return_own(self.settings.max_attempts, False, keep=keep)
-            if recovered.returned:
-                self.log.warning(
-                    "claim.reply_lost",
-                    queue=queue.keys.queue,
-                    returned=recovered.returned,
-                    why=why,
-                    note="task moved to our processing list but the reply was lost; returned",
-                )
-
-    # -- Redis errors -----------------------------------------------------------------------
-    def _call(self, operation: Callable[[], T]) -> T:
-        """Run an idempotent Redis operation that must happen (a reconciliation) until it does.
-
-        A stop does not interrupt it; the drain timer bounds the whole stop instead.
-        """
-        while True:
-            self._attempt_started = self.clock()
-            try:
-                result = operation()
-            except Exception as exc:
-                self._redis_failed(exc, interruptible=False)
-                continue
-            self._redis_ok()
-            return result
-
-    def _redis_ok(self) -> None:
-        if self.link.succeeded():
-            self._maintain_after = 0.0  # reconcile at the next turn
-            metrics.REDIS_RECONNECTS.inc()
-            if not self._episode_checked:  # maybe another server (failover, restart)
-                with contextlib.suppress(redis.RedisError):  # the next reconnect reads it again
-                    self._check_server(startup=False)
-            self._kill_orphan_claims()
-            # Look for claims whose reply was lost at the start of the next turn (when we
-            # hold nothing), and once more after a block timeout: a claim still blocked on
-            # the dead connection may move a task in until the server gives up on it.
-            now = self.clock()
-            self._reconcile_at += [now, now + self.settings.socket_timeout]
-            # Peers were cut off too: give them one heartbeat TTL to beat again before their
-            # in-flight tasks are taken for dead (that would only cost a duplicate run).
-            self._next["recover"] = now + self.settings.heartbeat_ttl
-
-    def _redis_failed(self, exc: Exception, interruptible: bool) -> None:
-        if isinstance(exc, redis.exceptions.OutOfMemoryError):
-            # Redis answered: it is up but full. Not an outage; try again soon (the drain
-            # itself frees memory).
-            metrics.REDIS_ERRORS.labels(kind=type(exc).__name__).inc()
-            self._redis_ok()
-            self._memory_seen(True)
-            self.progress.mark()
-            (self.stop_requested if interruptible else self._never).wait(OOM_POLL)
-            return
-        if not is_transient(exc):
-            if isinstance(exc, redis.RedisError):
-                raise RedisFatalError(fatal_reason(exc, self.settings.redis_url)) from exc
-            raise exc
-        metrics.REDIS_ERRORS.labels(kind=type(exc).__name__).inc()
-        # Backoff runs from the start of the failed attempt: an attempt that hung until its
-        # deadline has already waited, so "Redis is back" is noticed within the backoff cap.
-        spent = self.clock() - self._attempt_started
-        if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
-            self._episode_checked = False  # check the server again once we are back
-            self.memory.forget()  # full or not: unknown until Redis answers again
-        delay = max(0.0, self.link.failed(exc) - spent)
-        self.log.debug("redis.retry", error=str(exc), delay=round(delay, 3))
-        self.progress.mark()
-        (self.stop_requested if interruptible else self._never).wait(delay)
-
-    def _kill_orphan_claims(self) -> None:
-        """Close our own claim connections the server still thinks are alive (half-open).
-
-        Only connections this process opened (by server-side id): consumers of other queues
-        may share our worker id, and so the connection name.
-        """
-        if not self._claim_ids:
-            return
-        try:
-            me = self.client.client_id()
-            name = f"taskd-claim:{self.worker}"
-            listed = set()
-            for info in self.client.client_list():
-                cid = int(info.get("id", me))
-                listed.add(cid)
-                if cid in self._claim_ids and cid != me and info.get("name") == name:
-                    self.client.client_kill_filter(_id=str(cid))
-                    self.log.info("redis.orphan_connection_closed", client_id=cid)
-            self._claim_ids.intersection_update(listed)  # forget connections long gone
-        except redis.RedisError as exc:  # NOPERM under a strict ACL: the reconcile still works
-            self.log.debug("redis.orphan_check_skipped", error=str(exc))
+    def _link_lost(self) -> None:
+        self._episode_checked = False  # check the server again once we are back
+        self.memory.forget()  # full or not: unknown until Redis answers again
 
     def _shutdown(self) -> None:
-        """Leave nothing behind: return unseen claims (and the one claimed ahead), say goodbye."""
-        self._next_task = None
+        """Leave nothing behind: return unseen claims, say goodbye."""
         if not self._started:  # nothing claimed yet; give back the ids taken so far
             self._ids.release()
             return
         try:
-            self._kill_orphan_claims()  # a claim still blocked on a dead connection
-            self._reconcile("shutdown")
+            self.orphans.kill()  # a claim still blocked on a dead connection
+            self.duties.reconcile("shutdown")
             for queue in self.queues:
                 queue.forget_self()
         except redis.RedisError as exc:
@@ -641,25 +366,3 @@ class Consumer:
                 note="heartbeat expires by itself; a peer or the next start recovers the rest",
             )
 
-
-def _track_connection_ids(client: redis.Redis, ids: set[int]) -> None:
-    """Record the server-side id (CLIENT ID) of every connection `client` opens.
-
-    Wraps the pool's connect hook: one command per new connection, none per task. Where an
-    ACL forbids CLIENT ID, nothing is recorded and no connection is ever closed.
-    """
-    pool: Any = client.connection_pool
-    original = pool.connection_kwargs.get("redis_connect_func")
-
-    def connect(connection: Any) -> None:
-        if original is not None:
-            original(connection)
-        else:
-            connection.on_connect()
-        try:
-            connection.send_command("CLIENT", "ID")
-            ids.add(int(connection.read_response()))
-        except redis.ResponseError:
-            pass
-
-    pool.connection_kwargs["redis_connect_func"] = connect

@@ -163,7 +163,33 @@ def _async_handler(function: Callable[[bytes], Any]) -> Callable[[bytes], None]:
     def run(body: bytes) -> None:
         run_coroutine(function(body))
 
-    return functools.update_wrapper(_sync_handler(run), function, updated=())
+    call = functools.update_wrapper(_sync_handler(run), function, updated=())
+    call.__taskd_coroutine__ = _async_call(function)  # type: ignore[attr-defined]
+    return call
+
+
+AsyncHandler = Callable[[bytes], Coroutine[Any, Any, None]]
+
+
+def coroutine_function(handler: Callable[[bytes], object]) -> AsyncHandler | None:
+    """The `async def` behind a loaded handler, guarded as `wrap` guards it; None for a plain one.
+
+    --concurrency runs it as many coroutines on one event loop instead of one at a time.
+    """
+    return getattr(handler, "__taskd_coroutine__", None)
+
+
+def _async_call(function: Callable[[bytes], Any]) -> AsyncHandler:
+    async def call(body: bytes) -> None:
+        try:
+            await function(body)
+        except Exception as exc:
+            _check_renderable(exc)
+            raise
+        except BaseException as exc:
+            raise HandlerAborted(f"{_describe(exc)} raised by the handler") from exc
+
+    return call
 
 
 def _complete(result: object) -> None:
@@ -227,6 +253,17 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
             if not _loops:
                 atexit.register(close_event_loops)
             _loops.append(loop)
+    return loop
+
+
+def handler_event_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop for many concurrent coroutine handlers (--concurrency), known to
+    `coroutine_stacks` so a stall dump shows where each of its coroutines waits."""
+    loop = asyncio.new_event_loop()
+    with _loops_lock:
+        if not _loops:
+            atexit.register(close_event_loops)
+        _loops.append(loop)
     return loop
 
 

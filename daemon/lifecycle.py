@@ -12,11 +12,12 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from daemon import exitcodes, metrics
 from daemon.config import ConfigError, Settings
-from daemon.connection import LinkState
+from daemon.faults import LinkState
 from daemon.liveness import (
     LAST_WORDS_DEADLINE,
     Progress,
@@ -140,21 +141,51 @@ class ServiceNotes:
 WATCHDOG_TICK = 1.0  # seconds between the stall watchdog's looks, unless systemd needs more
 
 
-def supervise(
-    settings: Settings,
-    progress: Progress,
-    link: LinkState,
-    stop: GracefulStop,
-    loop: Callable[[], int],
-    log: Any,
-) -> int:
+class Supervised(Protocol):
+    """A loop process as `supervise` sees it (daemon/loop_base.py's RedisLoop is one)."""
+
+    settings: Settings
+    progress: Progress
+    stop: GracefulStop
+    log: Any
+
+    @property
+    def link(self) -> LinkState: ...
+
+    def run(self) -> int: ...
+
+
+@dataclass
+class _Fields:
+    """The six-argument call of before, as one object (see `supervise`)."""
+
+    settings: Settings
+    progress: Progress
+    link: LinkState
+    stop: GracefulStop
+    run: Callable[[], int]
+    log: Any
+
+
+def supervise(loop: Supervised | Settings, *legacy: Any) -> int:
     """Run `loop` with the metrics server, the stall watchdog and the signal handlers.
 
     Stack dumps first: from here on SIGABRT (the outside watchdog, or systemd's WatchdogSec)
     dumps every thread's stack to stderr and leaves no core file. Under systemd the process
     reports its state (ServiceNotes) and pings WATCHDOG=1 from the stall watchdog's healthy
     ticks only, so a stuck or frozen loop goes silent.
+    Transitional: `supervise(settings, progress, link, stop, run, log)` is still accepted
+    until daemon/cli.py passes the loop itself; then `legacy` goes.
     """
+    if isinstance(loop, Settings):
+        loop = _Fields(loop, *legacy)
+    settings, progress, link, stop, log = (
+        loop.settings,
+        loop.progress,
+        loop.link,
+        loop.stop,
+        loop.log,
+    )
     enable_stack_dumps()
     notifier = Notifier.from_environ()  # unset for children: handlers' subprocesses
     notes = ServiceNotes(notifier, stop.role, _served(settings), settings.drain_timeout)
@@ -182,7 +213,7 @@ def supervise(
     signal.signal(signal.SIGINT, stop.request)
     code = 1  # an exception out of the loop is a crash, unless it is a configuration error
     try:
-        code = loop()
+        code = loop.run()
         return code
     except ConfigError:
         code = exitcodes.CONFIG

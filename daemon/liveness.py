@@ -16,13 +16,11 @@ counted, reported to `Progress.helper_died` (so /healthz fails) and logged as `t
 from __future__ import annotations
 
 import contextlib
-import datetime
 import faulthandler
+import itertools
 import json
-import logging
 import os
 import resource
-import select
 import sys
 import threading
 import time
@@ -31,7 +29,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from daemon import exitcodes, metrics, redis_url
+from daemon import exitcodes, metrics
+from daemon.last_words import (  # re-exported: their home before daemon/last_words.py
+    LAST_WORDS_BUDGET as LAST_WORDS_BUDGET,
+)
+from daemon.last_words import LAST_WORDS_DEADLINE as LAST_WORDS_DEADLINE
+from daemon.last_words import arm_exit as arm_exit
+from daemon.last_words import bounded_write as bounded_write
+from daemon.last_words import json_log_line as json_log_line
+from daemon.last_words import last_words as last_words
+from daemon.last_words import log_fd as log_fd
 
 
 @dataclass(frozen=True)
@@ -51,14 +58,21 @@ class Snapshot:
 
 
 class Progress:
-    """The loop's progress clock; thread-safe reads from the watchdog and /healthz."""
+    """The loop's progress clock; thread-safe reads from the watchdog and /healthz.
+
+    Several tasks may run at once (--concurrency): each is timed from its own start and the
+    snapshot shows the oldest, so the task timeout covers every one of them.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._last = clock()
-        # (description, start) of the running task, replaced as a whole: one attribute
-        # store is atomic for readers in other threads, so the hot path takes no lock
-        self._task: tuple[str, float] | None = None
+        # key -> (description, start) of each running task (several with --concurrency),
+        # replaced as a whole: one attribute store is atomic for readers in other threads,
+        # so readers take no lock; writers (the handler threads) take `_write`.
+        self._tasks: dict[int, tuple[str, float]] = {}
+        self._write = threading.Lock()
+        self._keys = itertools.count(1)
         # Work clock (for /healthz): a task claimed or settled, or a claim that found the
         # queue empty. Failed Redis retries turn the loop but do no work: they do not count.
         self._last_work = self._last
@@ -84,23 +98,40 @@ class Progress:
         """A helper thread ended by an unexpected exception: /healthz fails from now on."""
         self.dead_helpers[name] = error
 
-    def task_started(self, description: str) -> None:
-        self._task = (description, self._clock())
+    def task_started(self, description: str) -> int:
+        """A task started now; returns its key for `task_finished` (its timeout runs from now)."""
+        key = next(self._keys)
+        with self._write:
+            self._tasks = {**self._tasks, key: (description, self._clock())}
+        return key
 
-    def task_finished(self) -> None:
-        self._task = None
+    def task_finished(self, key: int | None = None) -> None:
+        """The task of `key` (None: every task) is done; the loop is not stuck."""
+        with self._write:
+            if key is None:
+                self._tasks = {}
+            else:
+                tasks = dict(self._tasks)
+                tasks.pop(key, None)
+                self._tasks = tasks
         self.mark()
 
+    def tasks_running(self) -> int:
+        """How many tasks are being handled now."""
+        return len(self._tasks)
+
     def snapshot(self) -> Snapshot:
+        """The loop's state; with several tasks running, the oldest one (the first to time out)."""
         now = self._clock()
-        task, last = self._task, self._last
-        if task is None:
+        tasks, last = self._tasks, self._last
+        if not tasks:
             return Snapshot(now - last, None, None)
-        return Snapshot(now - last, task[0], now - task[1])
+        oldest = min(tasks.values(), key=lambda task: task[1])
+        return Snapshot(now - last, oldest[0], now - oldest[1])
 
 
 def stall_reason(snap: Snapshot, stall_timeout: float, task_timeout: float) -> str | None:
-    """Why the loop counts as stuck, or None. While a task runs only its age counts."""
+    """Why the loop counts as stuck, or None. While tasks run only the oldest one's age counts."""
     if snap.task_age is not None:
         if snap.task_age > task_timeout:
             return f"task ran {snap.task_age:.1f} s, past --task-timeout {task_timeout:g} s"
@@ -197,9 +228,6 @@ def read_heartbeat_file(path: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-LAST_WORDS_DEADLINE = 2.0  # seconds the dying watchdog may spend writing; the exit comes anyway
-LAST_WORDS_BUDGET = 64 * 1024  # bytes it may write per stream (the stacks are cut to fit)
-
 
 def _exit_stalled() -> None:
     """Exit 70 at once: no flush, since a flush to a blocked stdout would never return."""
@@ -220,97 +248,6 @@ def enable_stack_dumps() -> None:
         faulthandler.enable(file=sys.stderr, all_threads=True)
 
 
-def bounded_write(fd: int, data: bytes, deadline: float, budget: int = LAST_WORDS_BUDGET) -> int:
-    """Write at most `budget` bytes of `data` to `fd` before monotonic `deadline`; never block.
-
-    poll() says when `fd` takes more, and each write is at most PIPE_BUF bytes, which a pipe
-    that poll() calls writable takes whole: a pipe nobody reads, a stopped terminal or a full
-    disk cost at most the deadline. The fd's flags are left alone (they are shared with other
-    processes). Returns the number of bytes written; an error just ends the writing.
-    """
-    data = data[:budget]
-    written = 0
-    poller = select.poll()
-    try:
-        poller.register(fd, select.POLLOUT)
-    except (OSError, ValueError):
-        return 0
-    while written < len(data):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        try:
-            events = poller.poll(max(1, int(left * 1000)))
-        except OSError:
-            break
-        if not events or events[0][1] & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
-            break
-        try:
-            written += os.write(fd, data[written : written + select.PIPE_BUF])
-        except BlockingIOError:
-            continue
-        except OSError:
-            break
-    return written
-
-
-def log_fd() -> int:
-    """The fd the process logs to (the root handler's stream), for writes that bypass logging."""
-    for handler in logging.getLogger().handlers:
-        stream = getattr(handler, "stream", None)
-        with contextlib.suppress(AttributeError, OSError, ValueError):
-            return int(stream.fileno())  # type: ignore[union-attr]
-    return 1
-
-
-def _same_file(fd_a: int, fd_b: int) -> bool:
-    try:
-        a, b = os.fstat(fd_a), os.fstat(fd_b)
-    except OSError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
-def json_log_line(level: str, event: str, logger: str = "taskd", **fields: Any) -> bytes:
-    """One log line as the JSON renderer would write it, built without the logging machinery."""
-    head = {
-        "timestamp": datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z"),
-        "level": level,
-        "event": event,
-        "logger": logger,
-    }
-    body = {**head, **fields}
-    for key, value in body.items():  # same last line of defence as the logging pipeline
-        if isinstance(value, str) and "://" in value and "@" in value:
-            body[key] = redis_url.redact(value)
-    return (json.dumps(body, default=str) + "\n").encode("utf-8", "backslashreplace")
-
-
-def last_words(
-    event: str,
-    fields: dict[str, Any],
-    stacks: str,
-    deadline: float,
-    budget: int = LAST_WORDS_BUDGET,
-) -> None:
-    """The final log line (with `stacks`, cut to fit `budget`) and the stacks on stderr.
-
-    Every write is a `bounded_write`: when stdout or stderr is blocked the words are lost,
-    never the exit that follows. The plain-text stacks go to stderr only when it is not the
-    log stream itself (supervisord's redirect_stderr, 2>&1), so they are not written twice.
-    """
-    fd = log_fd()
-    room = max(0, budget - 4096)  # what the other fields leave for the stacks
-    cut = stacks if len(stacks) <= room else stacks[:room] + "\n[stacks cut at the byte budget]"
-    line = json_log_line("critical", event, **fields, stacks=cut)
-    if _same_file(fd, 2):
-        bounded_write(fd, line, deadline, budget)
-        return
-    # each stream gets half the time: a blocked stdout must not silence stderr too
-    bounded_write(fd, line, time.monotonic() + (deadline - time.monotonic()) / 2, budget)
-    bounded_write(2, (stacks + "\n").encode("utf-8", "backslashreplace"), deadline, budget)
-
-
 class _OneShot:
     """Calls `action` once, from whichever thread gets there first."""
 
@@ -325,22 +262,6 @@ class _OneShot:
                 return
             self._done = True
         self._action()
-
-
-def arm_exit(action: Callable[[], None], after: float) -> threading.Thread:
-    """Arrange `action` (the exit) to run in `after` seconds from its own thread, come what may.
-
-    Started before any last words are written: if a write blocks in spite of poll() (a hung
-    NFS file, a C library holding a lock), this thread still ends the process.
-    """
-
-    def fire() -> None:
-        time.sleep(after)
-        action()
-
-    thread = threading.Thread(target=fire, name="taskd-exit", daemon=True)
-    thread.start()
-    return thread
 
 
 class StallWatchdog(GuardedThread):

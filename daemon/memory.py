@@ -13,6 +13,7 @@ from typing import Any
 import redis
 
 from daemon import metrics
+from daemon.lua import ALLOW_OOM
 
 SAFE_POLICY = "noeviction"
 
@@ -127,7 +128,7 @@ def report_policy(policy: str, link: Any, log: Any) -> None:
         )
 
 
-FLAGS_PROBE = "#!lua flags=allow-oom\nreturn 1"
+FLAGS_PROBE = ALLOW_OOM + "return 1"  # the flag line daemon/lua prepends, on a no-op
 
 
 def supports_script_flags(client: Any) -> bool:

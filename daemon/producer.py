@@ -37,6 +37,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from daemon import lua
 from daemon.keys import QueueKeys, durable_queue
 from daemon.reliable import TOKEN_BYTES, digest
 
@@ -54,47 +55,9 @@ STAMP_KEEP = 7 * 86400.0
 # to go eventually.
 TRIM_EVERY = 64
 
-# Push and stamp on Redis's clock, in one step; ARGV holds n bodies, then their n digests.
-# The bodies go in one LPUSH (the first given is consumed first, as with a plain LPUSH), the
-# stamps in one ZADD; the score stays TIME's text (cheaper than formatting a Lua number).
-# The LPUSH is the first write: a full Redis refuses it (the trim, a removal, would otherwise
-# let a plain script go on writing under OOM).
-# The trim is a pcall: a producer ACL user set up before stamps (no +zremrangebyscore) must
-# not see an error for a push that is stored (it would push again: a duplicate).
-_PUSH = """
--- KEYS: pending, stamps   ARGV: keep (seconds, or '' not to trim now), n, body x n, digest x n
-local t = redis.call('TIME')
-local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-local n = tonumber(ARGV[2])
-local depth = redis.call('LPUSH', KEYS[1], unpack(ARGV, 3, 2 + n))
-local stamps = {}
-for i = 3 + n, 2 + 2 * n do
-  stamps[#stamps + 1] = now
-  stamps[#stamps + 1] = ARGV[i]
-end
-redis.call('ZADD', KEYS[2], 'NX', unpack(stamps))
-if ARGV[1] ~= '' then
-  redis.pcall('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (tonumber(now) - tonumber(ARGV[1])))
-end
-return depth
-"""
-
-# Schedule tasks on Redis's clock: all members of one call share one due time, which is
-# also their enqueue stamp (a task is pending, and ages, from when it is due). The trim
-# comes last, as in _PUSH.
-_ADD_DELAYED = """
--- KEYS: delayed, stamps   ARGV: delay (seconds), keep (seconds), n, member x n, digest x n
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local due = now + tonumber(ARGV[1])
-local n = tonumber(ARGV[3])
-for i = 4, 3 + n do
-  redis.call('ZADD', KEYS[1], due, ARGV[i])
-  redis.call('ZADD', KEYS[2], 'NX', due, ARGV[i + n])
-end
-redis.pcall('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - tonumber(ARGV[2])))
-return {redis.call('ZCARD', KEYS[1]), tostring(due)}
-"""
+# The scripts (daemon/lua/push.lua, add_delayed.lua) say how they push, stamp and trim.
+_PUSH = lua.script("push")
+_ADD_DELAYED = lua.script("add_delayed")
 
 
 class ReplicasNotConfirmed(Exception):
@@ -183,10 +146,11 @@ def _push_and_wait(
 
     Raises ReplicasNotConfirmed (with pushed=len(batch)) when fewer replicas confirm.
     """
-    script = client.register_script(_PUSH)
+    script = client.register_script(_PUSH.source)
     keys = QueueKeys(queue)
     trim = os.urandom(1)[0] * TRIM_EVERY < 256 * len(batch)  # probability len(batch) / 64
     args = [repr(STAMP_KEEP) if trim else "", len(batch), *batch, *(digest(b) for b in batch)]
+    _PUSH.check(2, len(args))
     if not wait_replicas:
         return int(script(keys=[keys.pending, keys.stamps], args=args))
     pipe = client.pipeline(transaction=False)
@@ -211,9 +175,10 @@ def _schedule_and_wait(
     Each member gets its own random token: identical bodies stay separate tasks.
     """
     members = [os.urandom(TOKEN_BYTES).hex().encode("ascii") + body for body in batch]
-    script = client.register_script(_ADD_DELAYED)
+    script = client.register_script(_ADD_DELAYED.source)
     keys = [QueueKeys(queue).delayed, QueueKeys(queue).stamps]
     args = [repr(delay), repr(STAMP_KEEP), len(batch), *members, *(digest(b) for b in batch)]
+    _ADD_DELAYED.check(len(keys), len(args))
     if not wait_replicas:
         size, due = script(keys=keys, args=args)
         return Scheduled(int(size), float(due), delay)

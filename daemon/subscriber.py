@@ -24,20 +24,14 @@ import structlog
 from redis.backoff import AbstractBackoff
 from redis.client import PubSub
 
-from daemon import exitcodes, metrics
+from daemon import metrics
 from daemon.config import ConfigError, Settings
-from daemon.connection import (
-    LinkState,
-    RedisFatalError,
-    fatal_reason,
-    is_transient,
-    make_backoff,
-    make_client,
-)
+from daemon.connection import make_client
 from daemon.handlers import Handler
 from daemon.keys import durable_queue
-from daemon.lifecycle import GracefulStop, supervise
+from daemon.lifecycle import supervise
 from daemon.liveness import Progress
+from daemon.loop_base import RedisLoop
 from daemon.redis_url import redact
 from daemon.reliable import digest
 
@@ -115,7 +109,7 @@ class PingDeadline:
         return None
 
 
-class Subscriber:
+class Subscriber(RedisLoop):
     """Handles messages of the configured channels and patterns until asked to stop."""
 
     def __init__(
@@ -128,69 +122,53 @@ class Subscriber:
         progress: Progress | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings = settings
+        super().__init__(
+            settings,
+            structlog.get_logger("taskd.subscriber").bind(worker=settings.worker_id),
+            role="subscriber",
+            lost="the message being handled is lost (pub/sub keeps no copy)",
+            backoff=backoff,
+            progress=progress,
+            clock=clock,
+        )
         self.handler = handler
         self.worker = settings.worker_id
-        self.log = structlog.get_logger("taskd.subscriber").bind(worker=self.worker)
         # Our PING deadline replaces redis-py's health check: one liveness mechanism, not two
         # PINGs whose answers interleave with messages.
         quiet = dataclasses.replace(settings, health_check_interval=0)
         self.client = client or make_client(quiet, client_name=f"taskd-sub:{self.worker}")
-        self.link = LinkState(backoff or make_backoff(settings), self.log, clock=clock)
-        self.link.listeners.append(lambda up: metrics.REDIS_CONNECTED.set(1 if up else 0))
-        self.progress = progress or Progress(clock)
-        self.clock = clock
         self.poll = min(MAX_POLL, settings.ping_interval / 2)
         self.subscriptions = (*settings.channels, *settings.patterns)
-        self.stop = GracefulStop(
-            "subscriber",
-            settings.drain_timeout,
-            self.log,
-            self.progress,
-            "the message being handled is lost (pub/sub keeps no copy)",
-        )
-        self.stop_requested = self.stop.requested
         self.pubsub: _PubSub | None = None
         self.deadline = PingDeadline(settings.ping_interval, clock())
         self._unconfirmed: set[tuple[str, str]] = set()
         self._subscribed_once = False
         self._lost_at: float | None = None  # last sign of life of the lost subscription
         self._counted_until = 0.0  # unsubscribed time already added to the metric
-        self._attempt_started = clock()
         metrics.preexport_channels(self.subscriptions)
 
-    def request_stop(self, signum: int = 15, _frame: Any = None) -> None:
-        """First signal: stop after the current message. Second signal: exit at once."""
-        self.stop.request(signum, _frame)
-
     # -- the loop ---------------------------------------------------------------------------
-    def run(self) -> int:
-        """Subscribe and handle messages until stopped; returns the exit code (0)."""
+    def started_fields(self) -> dict[str, Any]:
         s = self.settings
-        self.log.info(
-            "subscriber.started",
-            channels=list(s.channels),
-            patterns=list(s.patterns),
-            redis=redact(s.redis_url),
-            ping_interval=s.ping_interval,
-            socket_timeout=s.socket_timeout,
-            durable=False,
-            pid=os.getpid(),
-        )
-        try:
-            while not self.stop_requested.is_set():
-                self._turn_once()
-        finally:
-            self._drop()
-            self.client.close()
-            self.stop.finished()
-        self.log.info("subscriber.stopped", exit_code=exitcodes.OK)
-        return exitcodes.OK
+        return {
+            "channels": list(s.channels),
+            "patterns": list(s.patterns),
+            "redis": redact(s.redis_url),
+            "ping_interval": s.ping_interval,
+            "socket_timeout": s.socket_timeout,
+            "durable": False,
+            "pid": os.getpid(),
+        }
 
-    def _turn_once(self) -> None:
-        self._attempt_started = self.clock()
+    def close(self) -> None:
+        self._drop()
+        self.client.close()
+
+    def turn(self) -> None:
+        """Subscribe if needed, PING when due, wait up to one poll for a message, handle it."""
+        started = self.faults.attempt()
         self.progress.mark()
-        self._count_unsubscribed(self._attempt_started)
+        self._count_unsubscribed(started)
         try:
             if self.pubsub is None:
                 self._subscribe()
@@ -256,8 +234,7 @@ class Subscriber:
 
     def _confirmed(self) -> None:
         """Every channel and pattern is confirmed: the subscription is whole again."""
-        if self.link.succeeded():
-            metrics.REDIS_RECONNECTS.inc()
+        self.faults.succeeded()
         fields = {
             "channels": list(self.settings.channels),
             "patterns": list(self.settings.patterns),
@@ -319,23 +296,18 @@ class Subscriber:
 
     # -- Redis errors -----------------------------------------------------------------------
     def _redis_failed(self, exc: Exception) -> None:
-        if not is_transient(exc):
-            if isinstance(exc, redis.RedisError):
-                raise RedisFatalError(fatal_reason(exc, self.settings.redis_url)) from exc
-            raise exc
-        metrics.REDIS_ERRORS.labels(kind=type(exc).__name__).inc()
+        """Drop the subscription (noting when it was last alive), then the fault policy.
+
+        Backoff runs from the start of the failed attempt; a silent connection's attempt
+        began when the silence did, so a dead link is not waited out twice.
+        """
         if self.pubsub is not None and self._subscribed_once and self._lost_at is None:
             self._lost_at = self._counted_until = self.deadline.last_heard
         self._drop()
-        # Backoff runs from the start of the failed attempt; a silent connection's attempt
-        # began when the silence did, so a dead link is not waited out twice.
-        started = self._attempt_started
+        since = None
         if isinstance(exc, SubscriptionSilent):
-            started = min(started, exc.silent_since)
-        delay = max(0.0, self.link.failed(exc) - (self.clock() - started))
-        self.log.debug("redis.retry", error=str(exc), delay=round(delay, 3))
-        self.progress.mark()
-        self.stop_requested.wait(delay)
+            since = min(self.faults.attempt_started, exc.silent_since)
+        self.faults.failed(exc, interruptible=True, since=since)
 
     def _drop(self) -> None:
         """Close the pubsub connection (the server forgets its subscriptions with it)."""
@@ -383,13 +355,8 @@ def run(settings: Settings, handler: Handler) -> int:
             queues=list(lists.queues),
             pid=os.getpid(),
         )
-        consumer = Consumer(lists, handler)
-        return supervise(lists, consumer.progress, consumer.link, consumer.stop, consumer.run, log)
+        return supervise(Consumer(lists, handler))
     if not settings.channels and not settings.patterns:
         raise ConfigError("nothing to subscribe to: expected --channel C or --pattern P")
-    subscriber = Subscriber(settings, handler)
     # Without --durable the subscriber consumes no queue: its /metrics reads none either.
-    served = dataclasses.replace(settings, queues=())
-    return supervise(
-        served, subscriber.progress, subscriber.link, subscriber.stop, subscriber.run, log
-    )
+    return supervise(Subscriber(dataclasses.replace(settings, queues=()), handler))

@@ -29,7 +29,11 @@ def describe_error(exc: BaseException) -> str:
 
 
 class TaskHeartbeat(threading.Thread):
-    """Beats every ttl/3 while `busy`; finding the id taken over, leaves the error in `lost`."""
+    """Beats every ttl/3 while any task runs; finding the id taken over, leaves it in `lost`.
+
+    "Any task runs" is read from the progress clock (every handler slot reports there);
+    `busy` forces beating regardless.
+    """
 
     def __init__(
         self, queues: list[ReliableQueue], ttl: float, log: Any, progress: Progress
@@ -39,7 +43,7 @@ class TaskHeartbeat(threading.Thread):
         self.ttl = ttl
         self.log = log
         self.progress = progress
-        self.busy = False  # set by the loop around each handler run (a plain flag: cheap)
+        self.busy = False  # beat even when no task is reported running
         self.lost: WorkerIdLost | None = None
         self._stopped = threading.Event()
 
@@ -66,7 +70,7 @@ class TaskHeartbeat(threading.Thread):
 
     def _beat_while_busy(self) -> None:
         while not self._stopped.wait(self.ttl / 3):
-            if not self.busy:
+            if not (self.busy or self.progress.tasks_running()):
                 continue
             for queue in self.queues:
                 # the main loop reports an outage; a missed beat only risks a duplicate

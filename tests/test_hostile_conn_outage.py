@@ -17,7 +17,7 @@ import structlog
 from redis.backoff import FullJitterBackoff
 
 from conftest import DaemonFactory, RedisServer, free_port, wait_until
-from daemon.connection import BACKOFF_STEPS, LinkState
+from daemon.faults import BACKOFF_STEPS, LinkState
 
 HANDLER = ("--handler", "handlers_for_tests:record")
 ATTEMPTS = 3000  # well past the 1,024 at which 2**failures no longer fits a float

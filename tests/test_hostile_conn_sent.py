@@ -21,8 +21,9 @@ import redis
 
 from conftest import DaemonFactory, RedisServer, free_port, wait_until
 from daemon.config import Settings
-from daemon.connection import REFUSED, SENT, fatal_reason, is_transient, make_client, maybe_applied
+from daemon.connection import make_client
 from daemon.keys import QueueKeys
+from daemon.redis_errors import REFUSED, SENT, fatal_reason, is_transient, maybe_applied
 from daemon.reliable import ReliableQueue
 
 HANDLER = ("--handler", "handlers_for_tests:record")

@@ -22,7 +22,8 @@ import redis
 
 from conftest import DaemonFactory, RedisServer, free_port, wait_until
 from daemon.config import Settings
-from daemon.connection import REFUSED, SENT, make_client, maybe_applied
+from daemon.connection import make_client
+from daemon.redis_errors import REFUSED, SENT, maybe_applied
 
 HANDLER = ("--handler", "handlers_for_tests:record")
 MASTER_PASSWORD = "master-pw"

@@ -6,8 +6,9 @@ import redis
 import structlog
 from redis.backoff import NoBackoff
 
-from daemon.connection import LinkState, refusal_reason
+from daemon.faults import LinkState
 from daemon.http import readiness
+from daemon.redis_errors import refusal_reason
 
 
 def _link() -> LinkState:

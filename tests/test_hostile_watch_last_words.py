@@ -108,7 +108,7 @@ def test_stall_fires_once_even_when_the_last_words_cannot_be_written(
 ) -> None:
     """The exit is armed before the words: it comes by the deadline whatever the writes do."""
     _, write_fd = full_pipe
-    monkeypatch.setattr("daemon.liveness.log_fd", lambda: write_fd)
+    monkeypatch.setattr("daemon.last_words.log_fd", lambda: write_fd)
     fired: list[float] = []
     progress = Progress()
     progress.task_started("stuck")

@@ -9,15 +9,15 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from web_harness import start_taskd_web
 
-from conftest import DaemonFactory, RedisServer, free_port, wait_until
+from conftest import DaemonFactory, RedisServer
 from daemon.keys import DEFAULT_QUEUE
-from daemon.web import ServedHosts
+from daemon.web_guard import ServedHosts
 
 Q = DEFAULT_QUEUE
 TASK = json.dumps({"queue": Q, "body": "transfer everything"}).encode()
@@ -55,15 +55,7 @@ class Web:
 
 
 def start_web(taskd: DaemonFactory, redis_server: RedisServer, *args: str) -> Web:
-    port = free_port()
-    taskd.start("web", "--bind", f"127.0.0.1:{port}", "--redis-url", redis_server.url, *args)
-
-    def healthy() -> bool:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
-            return bool(answer.status == 200)
-
-    wait_until(healthy, 20, f"taskd web on port {port}")
-    return Web(port, redis_server)
+    return Web(start_taskd_web(taskd, redis_server.url, *args)[1], redis_server)
 
 
 @pytest.fixture

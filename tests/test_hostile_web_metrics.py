@@ -9,9 +9,10 @@ import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+from web_harness import request_json, start_taskd_web
 from yaml_free_alerts import alerts
 
-from conftest import ROOT, DaemonFactory, RedisServer, free_port, wait_until
+from conftest import ROOT, DaemonFactory, RedisServer, wait_until
 
 PROMTOOL = shutil.which("promtool") or "promtool"
 ALERTS = ROOT / "conf" / "prometheus" / "alerts.yml"
@@ -55,25 +56,12 @@ def alerts_firing(samples: dict[str, float], tmp: Path) -> set[str]:
 
 
 def start_web(taskd: DaemonFactory, redis_url: str) -> int:
-    port = free_port()
-    taskd.start("web", "--bind", f"127.0.0.1:{port}", "--redis-url", redis_url)
-
-    def healthy() -> bool:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
-            return bool(answer.status == 200)
-
-    wait_until(healthy, 20, f"taskd web on port {port}")
-    return port
+    return start_taskd_web(taskd, redis_url)[1]
 
 
 def post_task(port: int) -> int:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/api/tasks",
-        data=json.dumps({"queue": "task:prodcons:queue", "body": "x"}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return int(answer.status)
+    doc = {"queue": "task:prodcons:queue", "body": "x"}
+    return request_json(f"http://127.0.0.1:{port}/api/tasks", doc)[0]
 
 
 def test_healthy_web_process_exports_only_true_series_and_fires_no_alert(

@@ -6,18 +6,16 @@ A push Redis acknowledged is lost if the master dies before a replica has it. Wi
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from web_harness import request_json, start_taskd_web
 
-from conftest import DaemonFactory, RedisServer, free_port, wait_until
+from conftest import DaemonFactory, RedisServer, wait_until
 from daemon.keys import DEFAULT_CHANNEL, DEFAULT_QUEUE, durable_queue
 from daemon.producer import ReplicasNotConfirmed, enqueue, enqueue_many, publish
 
@@ -101,27 +99,12 @@ def test_python_api_raises_replicas_not_confirmed_naming_the_counts(
 def test_web_answers_503_json_when_replicas_do_not_confirm(
     taskd: DaemonFactory, redis_server: RedisServer, replica: Replica
 ) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    taskd.start("web", "--bind", f"127.0.0.1:{port}", "--redis-url", redis_server.url, *WAIT)
-
-    def healthy() -> bool:
-        with urllib.request.urlopen(f"{base}/healthz", timeout=2) as answer:
-            return bool(answer.status == 200)
-
-    wait_until(healthy, 20, f"taskd web on port {port}")
+    port = start_taskd_web(taskd, redis_server.url, *WAIT)[1]
 
     def post() -> tuple[int, dict[str, object]]:
-        request = urllib.request.Request(
-            f"{base}/api/tasks",
-            data=json.dumps({"queue": Q, "body": "pay invoice 7"}).encode(),
-            headers={"Content-Type": "application/json"},
+        return request_json(
+            f"http://127.0.0.1:{port}/api/tasks", {"queue": Q, "body": "pay invoice 7"}
         )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as answer:
-                return answer.status, json.loads(answer.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
 
     assert post() == (202, {"queue": Q, "depth": 1})
     replica.freeze()

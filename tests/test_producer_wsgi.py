@@ -6,21 +6,20 @@ redis-server, with settings from TASKD_* only, as an operator would run it.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from web_harness import request_json
 
 from conftest import ROOT, RedisServer, free_port, wait_until
 from daemon.keys import DEFAULT_QUEUE, QueueKeys
 from daemon.reliable import TOKEN_CHARS
+from tools.harness.processes import end_process
 
 Q = DEFAULT_QUEUE
 GUNICORN = str(Path(sys.executable).parent / "gunicorn")
@@ -74,15 +73,7 @@ class Gunicorn:
         self, path: str, doc: dict[str, Any] | None = None, headers: dict[str, str] | None = None
     ) -> tuple[int, dict[str, Any]]:
         """(status, JSON body) of a GET, or of a JSON POST when `doc` is given."""
-        data = json.dumps(doc).encode() if doc is not None else None
-        req = urllib.request.Request(self.url(path), data=data, headers=headers or {})
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=5) as answer:
-                return answer.status, json.loads(answer.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
+        return request_json(self.url(path), doc, headers, timeout=5)
 
     def wait_ready(self) -> None:
         def answers() -> bool:
@@ -93,13 +84,7 @@ class Gunicorn:
         wait_until(answers, BOOT_DEADLINE, f"gunicorn on port {self.port}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        end_process(self.proc, 10.0, f"gunicorn on port {self.port}")
 
 
 @pytest.fixture

@@ -19,9 +19,10 @@ from conftest import ROOT, RedisServer, stays_true, wait_until
 from tools.harness.ports import free_port
 
 SERVE = """
-from daemon import config, web, web_systemd
+from daemon import config, web, web_server, web_systemd
 settings = config.load({})
-server = web._Gunicorn(web.create_app(settings), web.gunicorn_options(settings))
+app = web.create_app(settings)
+server = web_server.EmbeddedGunicorn(app, web_server.gunicorn_options(settings))
 web_systemd.run(server, settings.web_bind)
 """
 

@@ -15,6 +15,7 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
+from web_harness import start_taskd_web
 
 from conftest import DaemonFactory, RedisServer, free_port, wait_until
 from daemon import config
@@ -263,15 +264,8 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 def test_taskd_web_serves_the_seed_routes_and_stops_cleanly_on_sigterm(
     redis_server: RedisServer, taskd: DaemonFactory
 ) -> None:
-    port = free_port()
+    server, port = start_taskd_web(taskd, redis_server.url)
     base = f"http://127.0.0.1:{port}"
-    server = taskd.start("web", "--bind", f"127.0.0.1:{port}", "--redis-url", redis_server.url)
-
-    def healthy() -> bool:
-        with urllib.request.urlopen(f"{base}/healthz", timeout=2) as answer:
-            return bool(answer.status == 200)
-
-    wait_until(healthy, 20, f"taskd web on port {port}")
     opener = urllib.request.build_opener(_NoRedirect)
     with pytest.raises(urllib.error.HTTPError) as redirected:
         opener.open(f"{base}/prodcons", timeout=5)

@@ -1,0 +1,127 @@
+"""Claiming: tasks from the pending lists into this worker's processing lists.
+
+While tasks are waiting, a batch of them (--prefetch, or as many as there are free handler
+slots) is claimed in one round trip (one script, oldest first); an idle consumer blocks in a
+BLMOVE of one with a finite timeout, so a push is seen at once. Several queues are served in
+the order given (priority), each tried without blocking before one is blocked on, in turn.
+
+Redis full (OOM under noeviction) is not Redis down: BLMOVE and LMOVE are refused, so the
+claim becomes a non-blocking allow-oom script (polling), and a plain claim every
+OOM_PROBE_EVERY seconds tells when Redis accepts writes again.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import redis
+
+from daemon.memory import MemoryState
+from daemon.reliable import ReliableQueue
+
+OOM_POLL = 0.3  # seconds between claims of an empty queue while Redis is out of memory
+OOM_PROBE_EVERY = 0.5  # seconds between plain claims that tell whether Redis is still full
+
+Claimed = list[tuple[ReliableQueue, bytes]]
+
+
+class Claimer:
+    """Claims for one consumer; remembers whether Redis is full and whether the queues were
+    found empty (then the next claim blocks at once instead of first trying a batch)."""
+
+    def __init__(
+        self,
+        queues: list[ReliableQueue],
+        memory: MemoryState,
+        stop: threading.Event,
+        clock: Callable[[], float],
+    ) -> None:
+        self.queues = queues
+        self.memory = memory
+        self.stop = stop
+        self.clock = clock
+        self._oom_probe_at = 0.0
+        self._turn = 0
+        self._found_empty = False
+
+    def claim(self, timeout: float, n: int = 1) -> Claimed:
+        """Claim up to `n` waiting tasks in one round trip, else block up to `timeout` for
+        one (polling while Redis is full). Oldest first; [] when nothing came."""
+        if self.memory.full:
+            return self._claim_when_full(n)
+        try:
+            return self._claim_plain(timeout, n)
+        except redis.exceptions.OutOfMemoryError:
+            self.memory_seen(True)
+            return self._claim_when_full(n)
+
+    def scripted(self) -> bool:
+        """Whether a claim sent along with an ack must be the allow-oom script (Redis full),
+        rather than a plain claim that probes whether Redis takes writes again."""
+        return self.memory.full and self.clock() < self._oom_probe_at
+
+    def memory_seen(self, refused: bool | None) -> None:
+        """A plain claim was refused as OOM (True) or carried out (False); None: no news."""
+        if refused is None:
+            return
+        if refused:
+            self._oom_probe_at = self.clock() + OOM_PROBE_EVERY
+        self.memory.update(refused)
+
+    def _claim_plain(self, timeout: float, n: int) -> Claimed:
+        if n > 1 and not self._found_empty:
+            claimed = self._batch_each(n)
+            if claimed:
+                return claimed
+        elif len(self.queues) > 1:
+            claimed = self._try_claim_each()
+            if claimed:
+                self._found_empty = False
+                return claimed
+        if len(self.queues) == 1:
+            queue = self.queues[0]
+        else:
+            queue = self.queues[self._turn % len(self.queues)]
+            self._turn += 1
+            timeout = max(0.1, timeout / len(self.queues))
+        body = queue.claim(timeout)
+        self._found_empty = body is None
+        return [] if body is None else [(queue, body)]
+
+    def _batch_each(self, n: int) -> Claimed:
+        for queue in self.queues:  # priority: the order given
+            bodies = queue.claim_batch(n)
+            if bodies:
+                return [(queue, body) for body in bodies]
+        return []
+
+    def _try_claim_each(self) -> Claimed:
+        for queue in self.queues:  # priority: the order given
+            body = queue.try_claim()
+            if body is not None:
+                return [(queue, body)]
+        return []
+
+    def _claim_when_full(self, n: int) -> Claimed:
+        """Redis is full: claim by an allow-oom script, polling; every OOM_PROBE_EVERY
+        seconds a plain claim instead, and once Redis takes it, back to the blocking claim."""
+        if self.clock() >= self._oom_probe_at:
+            try:
+                claimed = self._try_claim_each()
+            except redis.exceptions.OutOfMemoryError:
+                self.memory_seen(True)
+            else:
+                self.memory_seen(False)
+                return claimed
+        if n > 1:
+            claimed = self._batch_each(n)  # the batch script may run while Redis is full
+            if claimed:
+                return claimed
+        else:
+            for queue in self.queues:
+                body = queue.claim_when_full()
+                if body is not None:
+                    return [(queue, body)]
+        self.stop.wait(OOM_POLL)
+        return []

@@ -1,0 +1,115 @@
+"""The recurring Redis duties of a consumer, and when each is due.
+
+Between claims the loop keeps its heartbeat alive, moves due retries back to the queue, looks
+for dead peers and reconciles claims whose reply was lost. Each has its own clock; the loop
+asks `run(now)` once per turn (cheap while nothing is due) and the rest happens here.
+
+Heartbeat: every second while the worker holds tasks; while idle, only as often as it takes
+to outlive the next blocking claim with IDLE_BEAT_MARGIN to spare. The TTL, and so how soon a
+dead worker is found, stays as set; an idle worker just sends fewer commands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from daemon.config import Settings
+from daemon.faults import LinkState
+from daemon.inflight import Task
+from daemon.recovery import Recovery
+from daemon.reliable import ReliableQueue
+
+HEARTBEAT_EVERY = 1.0  # seconds between heartbeats of a busy worker
+PROMOTE_EVERY = 1.0  # seconds between moves of due retries back to pending
+MAINTAIN_GRANULARITY = 0.1  # seconds: how often the loop looks at what is due
+IDLE_BEAT_MARGIN = 2.0  # seconds an idle worker's heartbeat has left, at least, when renewed
+
+
+class Duties:
+    """What is due when, for one consumer; `held` is what the worker holds right now."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        queues: list[ReliableQueue],
+        recovery: Recovery,
+        link: LinkState,
+        held: Callable[[], Sequence[Task]],
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.queues = queues
+        self.recovery = recovery
+        self.link = link
+        self.held = held
+        self.clock = clock
+        self.reconcile_at: list[float] = []  # when to look for lost claim replies
+        self._next: dict[str, float] = {}
+        self._after = 0.0  # nothing is due before this
+        self._beat_at = 0.0  # when the heartbeat was last sent
+
+    def run(self, now: float) -> bool:
+        """Do what is due; whether any Redis command was sent."""
+        if now < self._after:  # the hot path: nothing is due yet
+            return False
+        self._after = now + MAINTAIN_GRANULARITY
+        sent = self.beat_if_due(now)
+        if self._due("promote", PROMOTE_EVERY, now):
+            sent = True
+            for queue in self.queues:
+                queue.promote_due()
+        # Not in the turn that ends an outage: peers get one heartbeat TTL to beat again
+        # first (see `reconnected`), and our own lost claims are reconciled right after it.
+        if self.link.connected and self._due("recover", self.settings.recovery_interval, now):
+            sent = True
+            self.recovery.recover_dead_peers()
+            if self.recovery.holds_unseen(self.held()):  # one LLEN per queue, mostly
+                self.reconcile("periodic")
+        if any(t <= now for t in self.reconcile_at):
+            sent = True
+            self.reconcile_at = [t for t in self.reconcile_at if t > now]
+            self.reconcile("after_reconnect")
+        return sent
+
+    def beat_if_due(self, now: float) -> bool:
+        """Refresh the heartbeat if due (module docstring); whether it was sent."""
+        s = self.settings
+        due = self._beat_at + min(HEARTBEAT_EVERY, s.heartbeat_ttl / 3)
+        if not self.held():
+            margin = max(IDLE_BEAT_MARGIN, s.block_timeout / 2)
+            due = max(due, self._beat_at + s.heartbeat_ttl - s.block_timeout - margin)
+        if now < due:
+            return False
+        self.beaten(now)
+        for queue in self.queues:
+            queue.heartbeat(s.heartbeat_ttl)
+        return True
+
+    def beaten(self, now: float) -> None:
+        """The heartbeat was sent at `now` (at startup, by the loop itself)."""
+        self._beat_at = now
+
+    def reconcile(self, why: str) -> None:
+        """Return claims whose reply never reached us; every task we hold stays."""
+        self.recovery.reconcile(why, [(t.queue, t.body) for t in self.held()])
+
+    def reconcile_soon(self) -> None:
+        """A claim's reply may have been lost: reconcile at the start of the next turn."""
+        self.reconcile_at.append(self.clock())
+        self._after = 0.0
+
+    def reconnected(self) -> None:
+        """An outage ended: reconcile now and once more after a socket timeout (a claim still
+        blocked on the dead connection may move a task in until the server gives up on it);
+        give peers one heartbeat TTL to beat again before their tasks are taken for dead
+        (that would only cost a duplicate run)."""
+        now = self.clock()
+        self._after = 0.0
+        self.reconcile_at += [now, now + self.settings.socket_timeout]
+        self._next["recover"] = now + self.settings.heartbeat_ttl
+
+    def _due(self, name: str, every: float, now: float) -> bool:
+        if now >= self._next.get(name, 0.0):
+            self._next[name] = now + every
+            return True
+        return False
