@@ -1,4 +1,4 @@
-"""Every Redis key name taskd uses, in one place (see docs/design: "Redis keys for queue Q").
+"""Every Redis key name taskd uses, in one place (see docs/design.md, "Redis keys of queue Q").
 
 A queue name with a hash tag (``{orders}``) keeps all of its keys in one Redis Cluster slot,
 because every key below starts with the queue name itself.
