@@ -211,6 +211,9 @@ class Consumer(RedisLoop):
 
     def _forget(self, tasks: list[Task]) -> None:
         """`tasks` are no longer ours to settle (settled, given back, or left to recovery)."""
+        if len(tasks) == 1 and self.held and self.held[0] is tasks[0]:
+            del self.held[0]  # the common case: the oldest task, settled alone
+            return
         gone = {id(t) for t in tasks}
         self.held = [t for t in self.held if id(t) not in gone]
 
