@@ -14,6 +14,7 @@ runs it, so a finished task stops counting at once, even while the loop is busy 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import queue
 import time
 import traceback
@@ -208,6 +209,9 @@ class AsyncSlots:
         self.runs = runs
         self.running = 0
         self._finished = _Finished()
+        # asyncio keeps only weak references to tasks: a coroutine that waits on nothing else
+        # would be collected mid-run (its slot never freed, its stack gone from a stall dump)
+        self._running: set[concurrent.futures.Future[None]] = set()
         self.loop = handlers.handler_event_loop()
         GuardedThread("handler-loop", runs.progress, log, target=self.loop.run_forever).start()
 
@@ -219,7 +223,9 @@ class AsyncSlots:
 
     def start(self, task: Task) -> None:
         self.running += 1
-        asyncio.run_coroutine_threadsafe(self._run(task), self.loop)
+        future = asyncio.run_coroutine_threadsafe(self._run(task), self.loop)
+        self._running.add(future)
+        future.add_done_callback(self._running.discard)
 
     def collect(self, timeout: float) -> list[Task]:
         done = self._finished.take(timeout)
