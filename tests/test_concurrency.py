@@ -9,6 +9,8 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
+
 from conftest import DaemonFactory, RedisServer, free_port, wait_until
 
 THREADED = ("--handler", "handlers_for_concurrency:threaded_record")
@@ -119,13 +121,14 @@ def test_kill9_with_tasks_in_flight_recovers_each_with_one_attempt(
     wait_until(lambda: not held(redis_server, "w1"), 5, "every task acked")
 
 
+@pytest.mark.parametrize("handler", [THREADED, ASYNC], ids=["threads", "coroutines"])
 def test_sigterm_drains_every_task_in_flight(
-    redis_server: RedisServer, taskd: DaemonFactory
+    redis_server: RedisServer, taskd: DaemonFactory, handler: tuple[str, str]
 ) -> None:
     bodies = [f"slow:1:d{i}" for i in range(4)]
     push(redis_server, *bodies)
     daemon = taskd.consume(
-        redis_server.url, "--queue", Q, *THREADED, "--concurrency", "4", "--worker-id", "w1"
+        redis_server.url, "--queue", Q, *handler, "--concurrency", "4", "--worker-id", "w1"
     )
     wait_until(lambda: len(started(taskd)) == 4, 15, "four tasks running")
     daemon.signal(signal.SIGTERM)
