@@ -9,6 +9,7 @@ import structlog
 from daemon import config
 from daemon.duties import IDLE_BEAT_MARGIN, Duties
 from daemon.faults import LinkState, make_backoff
+from daemon.keys import QueueKeys
 
 
 class Recorder:
@@ -18,6 +19,11 @@ class Recorder:
         self.clock = clock
         self.beats: list[float] = []
         self.promotions: list[float] = []
+        self.client = self  # the idle look for delayed tasks: "something is delayed"
+        self.keys = QueueKeys("jobs")
+
+    def exists(self, key: object) -> int:
+        return 1
 
     def heartbeat(self, ttl: float) -> None:
         self.beats.append(self.clock[0])
