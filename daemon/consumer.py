@@ -132,6 +132,7 @@ class Consumer(RedisLoop):
 
     # -- the loop (its frame: daemon/loop_base.py) ------------------------------------------
     def started_fields(self) -> dict[str, Any]:
+        """The fields of the consumer.started line."""
         s = self.settings
         return {
             "queues": list(s.queues),
@@ -150,6 +151,7 @@ class Consumer(RedisLoop):
         self._task_heartbeat.start()
 
     def turn(self) -> None:
+        """One turn: duties, claim, start, settle."""
         self._turn_once(self.slots)
 
     def end(self) -> None:
@@ -159,10 +161,13 @@ class Consumer(RedisLoop):
         self._shutdown()
 
     def crashed(self, exc: Exception) -> None:
+        """A worker id taken over by another process is said in a line of its own (exit 78)."""
         if isinstance(exc, WorkerIdLost):
             self.log.error("worker.id_lost", error=str(exc), exit_code=exitcodes.CONFIG)
 
     def close(self) -> None:
+        """The heartbeat keeper and the handler slots stop (handlers still running end with
+        the process)."""
         self._task_heartbeat.stop()
         self.slots.close()
 

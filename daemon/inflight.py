@@ -51,6 +51,7 @@ class Task:
 
     @property
     def queue_name(self) -> str:
+        """The name of the queue the task came from."""
         return self.queue.keys.queue
 
 
@@ -65,16 +66,19 @@ class Runs:
         self.clock: Callable[[], float] = clock
 
     def begin(self, task: Task) -> tuple[int, float]:
+        """The task starts: its clock runs from now; returns (progress key, start time)."""
         structlog.contextvars.bind_contextvars(queue=task.queue_name, task=task.id)
         key = self.progress.task_started(f"{task.queue_name}:{task.id}")
         self.metrics[task.queue_name].in_progress.inc()
         return key, time.perf_counter()
 
     def failed(self, task: Task, exc: Exception) -> None:
+        """The handler raised `exc`: keep its text and traceback for the failure line."""
         task.error = describe_error(exc)
         task.trace = safe_text(traceback.format_exc()[-MAX_TRACEBACK:])
 
     def end(self, task: Task, key: int, started: float) -> None:
+        """The handler is done, however it ended."""
         task.duration = time.perf_counter() - started
         # The handler is done: from here the task timeout no longer applies, so a long
         # Redis outage while settling is waited out (progress is marked per retry).
