@@ -57,7 +57,7 @@ from daemon.task_heartbeat import TaskHeartbeat
 T = TypeVar("T")
 
 BUSY_CLAIM_WAIT = 0.05  # seconds a claim blocks while tasks run: their acks wait that long
-ACK_WINDOW = 0.05  # seconds a finished task may wait for others to share its ack (--prefetch)
+ACK_WINDOW = 0.05  # seconds a short task's ack may wait for others to share it (--prefetch)
 
 
 class Consumer(RedisLoop):
@@ -238,8 +238,9 @@ class Consumer(RedisLoop):
             and self.unstarted
             and len(self.finished) < self.settings.prefetch
             and self.clock() - self.finished[0].finished_at < ACK_WINDOW
+            and self.finished[-1].duration < ACK_WINDOW
         ):
-            return  # more will finish soon (a batch): one ack for them all
+            return  # short tasks: more will finish soon, and one ack serves them all
         batch, self.finished = self.finished, []
         lost = self._task_heartbeat.lost
         if lost is not None:  # another process holds our id now
