@@ -57,7 +57,7 @@ from daemon.task_heartbeat import TaskHeartbeat
 T = TypeVar("T")
 
 BUSY_CLAIM_WAIT = 0.05  # seconds a claim blocks while tasks run: their acks wait that long
-ACK_WINDOW = 0.05  # seconds a finished task may wait for others to share its ack (--prefetch)
+ACK_WINDOW = 0.05  # seconds a short task's ack may wait for others to share it (--prefetch)
 
 
 class Consumer(RedisLoop):
@@ -132,6 +132,7 @@ class Consumer(RedisLoop):
 
     # -- the loop (its frame: daemon/loop_base.py) ------------------------------------------
     def started_fields(self) -> dict[str, Any]:
+        """The fields of the consumer.started line."""
         s = self.settings
         return {
             "queues": list(s.queues),
@@ -150,6 +151,7 @@ class Consumer(RedisLoop):
         self._task_heartbeat.start()
 
     def turn(self) -> None:
+        """One turn: duties, claim, start, settle."""
         self._turn_once(self.slots)
 
     def end(self) -> None:
@@ -159,10 +161,13 @@ class Consumer(RedisLoop):
         self._shutdown()
 
     def crashed(self, exc: Exception) -> None:
+        """A worker id taken over by another process is said in a line of its own (exit 78)."""
         if isinstance(exc, WorkerIdLost):
             self.log.error("worker.id_lost", error=str(exc), exit_code=exitcodes.CONFIG)
 
     def close(self) -> None:
+        """The heartbeat keeper and the handler slots stop (handlers still running end with
+        the process)."""
         self._task_heartbeat.stop()
         self.slots.close()
 
@@ -211,6 +216,9 @@ class Consumer(RedisLoop):
 
     def _forget(self, tasks: list[Task]) -> None:
         """`tasks` are no longer ours to settle (settled, given back, or left to recovery)."""
+        if len(tasks) == 1 and self.held and self.held[0] is tasks[0]:
+            del self.held[0]  # the common case: the oldest task, settled alone
+            return
         gone = {id(t) for t in tasks}
         self.held = [t for t in self.held if id(t) not in gone]
 
@@ -230,8 +238,9 @@ class Consumer(RedisLoop):
             and self.unstarted
             and len(self.finished) < self.settings.prefetch
             and self.clock() - self.finished[0].finished_at < ACK_WINDOW
+            and self.finished[-1].duration < ACK_WINDOW
         ):
-            return  # more will finish soon (a batch): one ack for them all
+            return  # short tasks: more will finish soon, and one ack serves them all
         batch, self.finished = self.finished, []
         lost = self._task_heartbeat.lost
         if lost is not None:  # another process holds our id now

@@ -6,7 +6,10 @@ asks `run(now)` once per turn (cheap while nothing is due) and the rest happens 
 
 Heartbeat: every second while the worker holds tasks; while idle, only as often as it takes
 to outlive the next blocking claim with IDLE_BEAT_MARGIN to spare. The TTL, and so how soon a
-dead worker is found, stays as set; an idle worker just sends fewer commands.
+dead worker is found, stays as set; an idle worker just sends fewer commands. Likewise an idle
+worker promotes due retries at every turn, as a busy one does every second, but looks first
+whether anything is delayed at all (one EXISTS), and the periodic reconciliation first looks
+whether the processing list holds more than the worker knows of (one LLEN).
 """
 
 from __future__ import annotations
@@ -56,8 +59,12 @@ class Duties:
         sent = self.beat_if_due(now)
         if self._due("promote", PROMOTE_EVERY, now):
             sent = True
+            idle = not self.held()
             for queue in self.queues:
-                queue.promote_due()
+                # idle: one EXISTS instead of the script (TIME + ZRANGEBYSCORE) when nothing
+                # is delayed; whether something is due is the script's call (Redis's clock)
+                if not idle or queue.client.exists(queue.keys.delayed):
+                    queue.promote_due()
         # Not in the turn that ends an outage: peers get one heartbeat TTL to beat again
         # first (see `reconnected`), and our own lost claims are reconciled right after it.
         if self.link.connected and self._due("recover", self.settings.recovery_interval, now):

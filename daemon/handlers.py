@@ -15,11 +15,11 @@ import contextvars
 import functools
 import importlib
 import inspect
-import io
 import os
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -291,17 +291,29 @@ def coroutine_stacks() -> str:
     the loop's select: they do not show where a hung async handler awaits)."""
     with _loops_lock:
         loops = [loop for loop in _loops if not loop.is_closed()]
-    parts = []
+    parts: list[str] = []
     for loop in loops:
         try:
             tasks = list(asyncio.all_tasks(loop))
         except RuntimeError:  # the set changed under us (another thread): skip this dump
             continue
-        for task in tasks:
-            out = io.StringIO()
-            task.print_stack(file=out)
-            parts.append(out.getvalue())
+        parts.extend(_awaiting(task) for task in tasks)
     return "\n".join(parts)
+
+
+def _awaiting(task: asyncio.Task[Any]) -> str:
+    """Where `task` waits: its coroutine and each one it awaits, down to the innermost
+    (Task.print_stack shows the outermost frame only: the wrapper, not the handler's await)."""
+    frames: list[tuple[Any, int]] = []
+    coro: Any = task.get_coro()
+    while coro is not None and len(frames) < 100:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        frames.append((frame, frame.f_lineno))
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    stack = traceback.StackSummary.extract(frames)
+    return f"Stack for {task!r} (outermost first):\n" + "".join(stack.format())
 
 
 def close_event_loops(timeout: float = LOOP_CLOSE_TIMEOUT) -> None:

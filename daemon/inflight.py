@@ -14,6 +14,7 @@ runs it, so a finished task stops counting at once, even while the loop is busy 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import queue
 import time
 import traceback
@@ -50,6 +51,7 @@ class Task:
 
     @property
     def queue_name(self) -> str:
+        """The name of the queue the task came from."""
         return self.queue.keys.queue
 
 
@@ -64,16 +66,19 @@ class Runs:
         self.clock: Callable[[], float] = clock
 
     def begin(self, task: Task) -> tuple[int, float]:
+        """The task starts: its clock runs from now; returns (progress key, start time)."""
         structlog.contextvars.bind_contextvars(queue=task.queue_name, task=task.id)
         key = self.progress.task_started(f"{task.queue_name}:{task.id}")
         self.metrics[task.queue_name].in_progress.inc()
         return key, time.perf_counter()
 
     def failed(self, task: Task, exc: Exception) -> None:
+        """The handler raised `exc`: keep its text and traceback for the failure line."""
         task.error = describe_error(exc)
         task.trace = safe_text(traceback.format_exc()[-MAX_TRACEBACK:])
 
     def end(self, task: Task, key: int, started: float) -> None:
+        """The handler is done, however it ended."""
         task.duration = time.perf_counter() - started
         # The handler is done: from here the task timeout no longer applies, so a long
         # Redis outage while settling is waited out (progress is marked per retry).
@@ -208,6 +213,9 @@ class AsyncSlots:
         self.runs = runs
         self.running = 0
         self._finished = _Finished()
+        # asyncio keeps only weak references to tasks: a coroutine that waits on nothing else
+        # would be collected mid-run (its slot never freed, its stack gone from a stall dump)
+        self._running: set[concurrent.futures.Future[None]] = set()
         self.loop = handlers.handler_event_loop()
         GuardedThread("handler-loop", runs.progress, log, target=self.loop.run_forever).start()
 
@@ -219,7 +227,9 @@ class AsyncSlots:
 
     def start(self, task: Task) -> None:
         self.running += 1
-        asyncio.run_coroutine_threadsafe(self._run(task), self.loop)
+        future = asyncio.run_coroutine_threadsafe(self._run(task), self.loop)
+        self._running.add(future)
+        future.add_done_callback(self._running.discard)
 
     def collect(self, timeout: float) -> list[Task]:
         done = self._finished.take(timeout)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from daemon.claims import Claimed
 from daemon.inflight import Task
 from daemon.reliable import ReliableQueue, dead_letter_entry
@@ -72,14 +70,13 @@ class Settler:
         m = self.c.metrics[queue.keys.queue]
         m.last_success.set_to_current_time()
         for task, (acked, previous_failures) in zip(done, outcomes, strict=True):
-            fields = {"attempt": previous_failures + 1, "duration": round(task.duration, 6)}
-            with _bound(task):
-                if acked:
-                    m.acked.inc()
-                    self.c.log.info("task.done", **fields)
-                else:
-                    m.done_but_recovered.inc()  # the ack removed nothing: a peer recovered it
-                    self.c.log.warning("task.done_but_recovered", note=_RECOVERED_NOTE, **fields)
+            fields = _fields(task, attempt=previous_failures + 1)
+            if acked:
+                m.acked.inc()
+                self.c.log.info("task.done", **fields)
+            else:
+                m.done_but_recovered.inc()  # the ack removed nothing: a peer recovered it
+                self.c.log.warning("task.done_but_recovered", note=_RECOVERED_NOTE, **fields)
         return [(queue, body) for body in bodies]
 
     def _failed(self, task: Task) -> None:
@@ -96,24 +93,19 @@ class Settler:
         if settled is None:
             return
         verdict, attempts, delay = settled
-        fields: dict[str, Any] = {
-            "attempt": attempts,
-            "error": task.error,
-            "duration": round(task.duration, 6),
-        }
-        with _bound(task):
-            if verdict == "dead":
-                m.dead_lettered.inc()
-                self.c.log.error("task.dead_lettered", traceback=task.trace, **fields)
-            elif verdict == "retry":
-                m.retried.inc()
-                self.c.log.warning(
-                    "task.failed", retry_in=round(delay, 3), traceback=task.trace, **fields
-                )
-            else:
-                self.c.log.warning("task.failed_but_recovered", note=_RECOVERED_NOTE, **fields)
+        fields = _fields(task, attempt=attempts, error=task.error)
+        if verdict == "dead":
+            m.dead_lettered.inc()
+            self.c.log.error("task.dead_lettered", traceback=task.trace, **fields)
+        elif verdict == "retry":
+            m.retried.inc()
+            self.c.log.warning(
+                "task.failed", retry_in=round(delay, 3), traceback=task.trace, **fields
+            )
+        else:
+            self.c.log.warning("task.failed_but_recovered", note=_RECOVERED_NOTE, **fields)
 
 
-def _bound(task: Task) -> Any:
-    """The task's queue and id in every log line written while settling it."""
-    return structlog.contextvars.bound_contextvars(queue=task.queue_name, task=task.id)
+def _fields(task: Task, **more: Any) -> dict[str, Any]:
+    """The fields of a task's outcome line: its queue and id, as in the handler's own lines."""
+    return {"queue": task.queue_name, "task": task.id, **more, "duration": round(task.duration, 6)}

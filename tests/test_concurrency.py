@@ -9,6 +9,8 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
+
 from conftest import DaemonFactory, RedisServer, free_port, wait_until
 
 THREADED = ("--handler", "handlers_for_concurrency:threaded_record")
@@ -119,13 +121,14 @@ def test_kill9_with_tasks_in_flight_recovers_each_with_one_attempt(
     wait_until(lambda: not held(redis_server, "w1"), 5, "every task acked")
 
 
+@pytest.mark.parametrize("handler", [THREADED, ASYNC], ids=["threads", "coroutines"])
 def test_sigterm_drains_every_task_in_flight(
-    redis_server: RedisServer, taskd: DaemonFactory
+    redis_server: RedisServer, taskd: DaemonFactory, handler: tuple[str, str]
 ) -> None:
     bodies = [f"slow:1:d{i}" for i in range(4)]
     push(redis_server, *bodies)
     daemon = taskd.consume(
-        redis_server.url, "--queue", Q, *THREADED, "--concurrency", "4", "--worker-id", "w1"
+        redis_server.url, "--queue", Q, *handler, "--concurrency", "4", "--worker-id", "w1"
     )
     wait_until(lambda: len(started(taskd)) == 4, 15, "four tasks running")
     daemon.signal(signal.SIGTERM)
@@ -187,3 +190,18 @@ def test_drain_acks_what_finishes_and_exits_75_leaving_only_the_hung_task(
     assert sorted(taskd.done_bodies()) == ["slow:1:x", "slow:1:y"]
     assert len(daemon.events("task.done")) == 2  # acked during the drain, each on its own
     assert held(redis_server, "w1") == [b"hang:h"]  # left for recovery
+
+
+def test_hung_coroutine_among_many_exits_70_with_its_await_in_the_dump(
+    redis_server: RedisServer, taskd: DaemonFactory
+) -> None:
+    push(redis_server, "hang:h", *[f"slow:0.2:n{i}" for i in range(20)])
+    daemon = taskd.consume(
+        redis_server.url, "--queue", Q, *ASYNC, "--concurrency", "10", "--worker-id", "w1",
+        "--task-timeout", "2",
+    )  # fmt: skip
+    wait_until(lambda: len(taskd.done_bodies()) == 20, 15, "the twenty others done")
+    assert daemon.wait(15) == 70
+    stacks = daemon.events("watchdog.stall")[0]["stacks"]
+    assert "Coroutines of async handlers" in stacks and "async_record" in stacks
+    assert held(redis_server, "w1") == [b"hang:h"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import signal
 
-from conftest import DaemonFactory, RedisServer, wait_until
+from conftest import DaemonFactory, RedisServer, fill, wait_until
 
 HANDLER = ("--handler", "handlers_for_tests:record")
 FAST = ("--handler", "handlers_for_tests:record_fast")
@@ -23,7 +23,10 @@ def pending_in_claim_order(server: RedisServer) -> list[str]:
 
 
 def held(server: RedisServer, worker: str) -> list[bytes]:
-    return list(server.client().lrange(f"{Q}:processing:{worker}", 0, -1))
+    """What `worker`'s processing list holds (worker "*": every worker's)."""
+    client = server.client()
+    lists = client.scan_iter(match=f"{Q}:processing:{worker}")
+    return [body for key in lists for body in client.lrange(key, 0, -1)]
 
 
 def claim_and_ack_commands(server: RedisServer) -> int:
@@ -130,3 +133,16 @@ def test_task_timeout_runs_from_each_prefetched_tasks_own_start(
     wait_until(lambda: len(taskd.done_bodies()) == 3, 15, "the three tasks done")
     assert daemon.proc.poll() is None, "the stall watchdog fired"
     assert daemon.events("watchdog.stall") == []
+
+
+def test_full_redis_is_drained_in_batches_and_in_order(
+    full_redis: RedisServer, taskd: DaemonFactory
+) -> None:
+    bodies = [f"task-{i}" for i in range(30)]
+    push(full_redis, *bodies)
+    fill(full_redis)
+    daemon = taskd.consume(full_redis.url, "--queue", Q, *HANDLER, "--prefetch", "10")
+    wait_until(lambda: len(taskd.done_bodies()) == 30, 30, "the full Redis drained")
+    assert taskd.done_bodies() == bodies
+    assert daemon.events("redis.disconnected") == []  # full is not down
+    wait_until(lambda: not held(full_redis, "*"), 5, "every task acked")
