@@ -20,7 +20,7 @@ from daemon.settings_spec import Flag, Names
 HELP_EPILOG = f"""\
 Every flag has an environment twin: --block-timeout is TASKD_BLOCK_TIMEOUT, --queue is
 TASKD_QUEUES (comma-separated). Precedence: defaults < --config FILE (TOML) < TASKD_* < flags.
-Exit codes: {exitcodes.OK} clean stop, {exitcodes.STALLED} stall watchdog fired, \
+Exit codes: {exitcodes.OK} clean stop, {exitcodes.STALLED} stall detector fired, \
 {exitcodes.DRAIN_TIMEOUT} drain timeout, {exitcodes.CONFIG} bad configuration.
 """
 _settings = commands.settings_from_args  # kept for callers of the old name
@@ -195,12 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     watchdog.add_argument(
         "--group",
         action="append",
-        help="supervisord group(s) to watch (default: every process with a heartbeat file)",
+        help="supervisord group(s) to watch (default: every process with a progress file)",
     )
     watchdog.add_argument(
         "--heartbeat-dir",
         default="",
-        help="folder of heartbeat files named <process name>.json (default var/run)",
+        help="folder of progress files named <process name>.json (default var/run)",
     )
     watchdog.add_argument(
         "--max-restarts",
@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--startup-timeout",
         type=_positive,
         default=120.0,
-        help="seconds a process of a --group may run without ever writing a heartbeat file "
+        help="seconds a process of a --group may run without ever writing a progress file "
         "before it is restarted (default 120)",
     )
     watchdog.add_argument(

@@ -36,6 +36,7 @@ from daemon.connection import make_client
 from daemon.duties import MAINTAIN_GRANULARITY, Duties
 from daemon.faults import Unknown
 from daemon.handlers import Handler
+from daemon.heartbeat_keeper import HeartbeatKeeper
 from daemon.inflight import InlineSlot, Runs, Slots, Task, make_slots
 from daemon.liveness import Progress
 from daemon.loop_base import RedisLoop
@@ -52,7 +53,6 @@ from daemon.redis_errors import RedisFatalError
 from daemon.redis_url import redact
 from daemon.reliable import ReliableQueue, WorkerIdLost, digest
 from daemon.settle import Settler
-from daemon.task_heartbeat import TaskHeartbeat
 
 T = TypeVar("T")
 
@@ -107,7 +107,7 @@ class Consumer(RedisLoop):
         self._ids = IdKeeper(
             self.queues, self.owner, settings.heartbeat_ttl, self.log, self.stop_requested.wait
         )
-        self._task_heartbeat = TaskHeartbeat(
+        self._heartbeat_keeper = HeartbeatKeeper(
             [ReliableQueue(self.aux_client, q, self.worker, self.owner) for q in settings.queues],
             settings.heartbeat_ttl,
             self.log,
@@ -148,7 +148,7 @@ class Consumer(RedisLoop):
     def begin(self) -> None:
         """Handler threads (or the event loop) and the heartbeat keeper: only when running."""
         self.slots = make_slots(self.settings.concurrency, self.handler, self._runs(), self.log)
-        self._task_heartbeat.start()
+        self._heartbeat_keeper.start()
 
     def turn(self) -> None:
         """One turn: duties, claim, start, settle."""
@@ -168,7 +168,7 @@ class Consumer(RedisLoop):
     def close(self) -> None:
         """The heartbeat keeper and the handler slots stop (handlers still running end with
         the process)."""
-        self._task_heartbeat.stop()
+        self._heartbeat_keeper.stop()
         self.slots.close()
 
     def _turn_once(self, slots: Slots) -> None:
@@ -242,7 +242,7 @@ class Consumer(RedisLoop):
         ):
             return  # short tasks: more will finish soon, and one ack serves them all
         batch, self.finished = self.finished, []
-        lost = self._task_heartbeat.lost
+        lost = self._heartbeat_keeper.lost
         if lost is not None:  # another process holds our id now
             raise lost
         room = not stopping and not self.unstarted and slots.running < slots.capacity
@@ -274,7 +274,7 @@ class Consumer(RedisLoop):
             return
         self.progress.waiting = ""
         for queue in self.queues:
-            self.recovery.return_own(queue)
+            self.recovery.recover_own(queue)
             queue.heartbeat(self.settings.heartbeat_ttl)
         self.duties.beaten(self.clock())
         self._started = True
@@ -285,7 +285,7 @@ class Consumer(RedisLoop):
         Never raises but at startup with --require-noeviction (a RedisFatalError, exit 78).
         """
         flagged = supports_script_flags(self.client)
-        for queue in self.queues + self._task_heartbeat.queues:
+        for queue in self.queues + self._heartbeat_keeper.queues:
             queue.use_allow_oom(flagged)
         self.queues[0].preload()  # every queue runs the same scripts on the same server
         policy = eviction_policy(self.client)

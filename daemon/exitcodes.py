@@ -6,7 +6,7 @@ Every exit code taskd uses is named here (the BSD sysexits values where one fits
 OK = 0  # clean stop (SIGTERM/SIGINT, drained)
 FAILED = 1  # the web server could not start (gunicorn's own convention)
 UNAVAILABLE = 69  # a one-shot command could not reach Redis, or replicas did not confirm
-STALLED = 70  # the stall watchdog fired (stacks dumped first)
+STALLED = 70  # the stall detector fired (stacks dumped first)
 IO = 74  # a producer could not read its input (EX_IOERR)
 DRAIN_TIMEOUT = 75  # stop requested but the in-flight task outlived --drain-timeout
 CONFIG = 78  # bad configuration: one clear line on stderr

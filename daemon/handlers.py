@@ -270,7 +270,7 @@ def handler_event_loop() -> asyncio.AbstractEventLoop:
 def run_coroutine(coroutine: Coroutine[Any, Any, object]) -> object:
     """Run a handler's coroutine to completion on this thread's loop, synchronously.
 
-    Synchronous, so the task timeout (the stall watchdog, which watches the loop's progress)
+    Synchronous, so the task timeout (the stall detector, which watches the loop's progress)
     applies as to any handler. The coroutine runs in a copy of the caller's context: it sees
     the log bindings of its task, and what it binds does not leak into the loop.
     """

@@ -21,7 +21,7 @@ from daemon.faults import LinkState
 from daemon.liveness import (
     LAST_WORDS_DEADLINE,
     Progress,
-    StallWatchdog,
+    StallDetector,
     arm_exit,
     bounded_write,
     enable_stack_dumps,
@@ -138,7 +138,7 @@ class ServiceNotes:
         return "consuming" if self.served.startswith("queue") else "subscribed to"
 
 
-WATCHDOG_TICK = 1.0  # seconds between the stall watchdog's looks, unless systemd needs more
+WATCHDOG_TICK = 1.0  # seconds between the stall detector's looks, unless systemd needs more
 
 
 class Supervised(Protocol):
@@ -168,11 +168,11 @@ class _Fields:
 
 
 def supervise(loop: Supervised | Settings, *legacy: Any) -> int:
-    """Run `loop` with the metrics server, the stall watchdog and the signal handlers.
+    """Run `loop` with the metrics server, the stall detector and the signal handlers.
 
     Stack dumps first: from here on SIGABRT (the outside watchdog, or systemd's WatchdogSec)
     dumps every thread's stack to stderr and leaves no core file. Under systemd the process
-    reports its state (ServiceNotes) and pings WATCHDOG=1 from the stall watchdog's healthy
+    reports its state (ServiceNotes) and pings WATCHDOG=1 from the stall detector's healthy
     ticks only, so a stuck or frozen loop goes silent.
     Transitional: `supervise(settings, progress, link, stop, run, log)` is still accepted
     until daemon/cli.py passes the loop itself; then `legacy` goes.
@@ -196,10 +196,10 @@ def supervise(loop: Supervised | Settings, *legacy: Any) -> int:
     tick = notifier.tick_interval(WATCHDOG_TICK)
     metrics.track_progress(progress)
     if settings.metrics_port:
-        from daemon.http import serve_metrics
+        from daemon.probes import serve_metrics
 
         serve_metrics(settings, progress, link, log)
-    watchdog = StallWatchdog(
+    watchdog = StallDetector(
         progress,
         settings.stall_timeout,
         settings.task_timeout,

@@ -1,11 +1,11 @@
-"""Progress clock, the in-process stall watchdog, and guarded helper threads.
+"""Progress clock, the stall detector, and guarded helper threads.
 
 The loop marks progress on every turn, idle turns included; a handler run marks nothing but
 is timed by --task-timeout instead. A watchdog thread compares both clocks with their limits
 (`stall_reason`, pure) and, when one is passed, arms the exit, writes `watchdog.stall` with
 the stacks of all threads (bounded, non-blocking writes: a blocked stdout cannot hold the exit
 back) and exits the process with code 70: the task stays claimed, so it is recovered and
-counted as a failed attempt. The same thread writes a heartbeat file with a sequence number
+counted as a failed attempt. The same thread writes a progress file with a sequence number
 for outside observers (the supervisord watchdog): a process frozen as a whole stops changing it,
 and calls its `pulse` (systemd's WATCHDOG=1, daemon/sd_notify.py) on the same healthy ticks.
 
@@ -76,7 +76,7 @@ class Progress:
         # Work clock (for /healthz): a task claimed or settled, or a claim that found the
         # queue empty. Failed Redis retries turn the loop but do no work: they do not count.
         self._last_work = self._last
-        # Helper threads (task heartbeat, HTTP server) that died: name -> error
+        # Helper threads (heartbeat keeper, probe server) that died: name -> error
         self.dead_helpers: dict[str, str] = {}
         # Why the loop is not consuming although nothing is wrong with it (e.g. waiting for
         # its worker id, held by a live process elsewhere); "" = consuming. For /readyz.
@@ -210,7 +210,7 @@ def all_stacks() -> str:
     return "\n".join(parts)
 
 
-def write_heartbeat_file(path: str, data: dict[str, Any]) -> None:
+def write_progress_file(path: str, data: dict[str, Any]) -> None:
     """Write atomically (temp file + rename) so a reader never sees half a file."""
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
@@ -218,7 +218,7 @@ def write_heartbeat_file(path: str, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def read_heartbeat_file(path: str) -> dict[str, Any] | None:
+def read_progress_file(path: str) -> dict[str, Any] | None:
     """The last heartbeat written to `path`, or None if absent or unreadable."""
     try:
         with open(path, encoding="utf-8") as handle:
@@ -264,13 +264,13 @@ class _OneShot:
         self._action()
 
 
-class StallWatchdog(GuardedThread):
-    """Helper thread: fires once when the loop is stuck; writes the heartbeat file.
+class StallDetector(GuardedThread):
+    """Helper thread: fires once when the loop is stuck; writes the progress file.
 
     It never calls the logger: a logging call blocks when stdout does (a log pipe nobody
     reads, a full disk), and the watchdog must exit 70 regardless. Its lines are written with
     `bounded_write`, after the exit is armed. It runs guarded: if it dies, `thread.died` is
-    logged, `/healthz` fails (Progress.dead_helpers) and the heartbeat file stops changing, so
+    logged, `/healthz` fails (Progress.dead_helpers) and the progress file stops changing, so
     the outside watchdog restarts the process; the running task is not cut short by the bug.
     """
 
@@ -286,7 +286,7 @@ class StallWatchdog(GuardedThread):
         last_words_deadline: float = LAST_WORDS_DEADLINE,
         pulse: Callable[[], object] | None = None,
     ) -> None:
-        super().__init__("watchdog", progress, log)
+        super().__init__("stall_detector", progress, log)
         self.stall_timeout = stall_timeout
         self.task_timeout = task_timeout
         self.heartbeat_file = heartbeat_file
@@ -294,7 +294,7 @@ class StallWatchdog(GuardedThread):
         self.on_stall = _OneShot(on_stall)
         self.last_words_deadline = last_words_deadline
         self.stopped = threading.Event()
-        self.seq = 0  # heartbeat file counter: the outside watchdog judges change, not time
+        self.seq = 0  # progress file counter: the outside watchdog judges change, not time
         self._heartbeat_error = ""  # the error being reported, so it is logged once
         self.exit_thread: threading.Thread | None = None  # the armed exit, once fired
         # Called on every tick that finds the loop progressing (systemd's WATCHDOG=1): proof
@@ -340,7 +340,7 @@ class StallWatchdog(GuardedThread):
             **snap.as_dict(),
         }
         try:
-            write_heartbeat_file(self.heartbeat_file, data)
+            write_progress_file(self.heartbeat_file, data)
         except OSError as exc:
             self._note_heartbeat_error(str(exc))
         else:

@@ -1,6 +1,7 @@
 """Prometheus metrics of a taskd process: declared once here, updated by the loops.
 
-Names are a contract (dashboards, alerts and the runbook use them): see the design's table.
+Names are a contract (dashboards, alerts and the runbook use them): see README "Observability";
+docs/design.md says which module updates each.
 No task or worker ids as labels: the scrape target identifies the process.
 """
 
@@ -64,7 +65,9 @@ REDIS_EVICTION_POLICY = Gauge(
     ["policy"],
 )
 HELPER_THREAD_DEATHS = Counter(
-    "taskd_helper_thread_deaths", "Helper threads (task heartbeat, HTTP) that died", ["thread"]
+    "taskd_helper_thread_deaths",
+    "Helper threads (heartbeat keeper, probe server, stall detector) that died",
+    ["thread"],
 )
 BUILD_INFO = Info("taskd_build", "taskd build information")
 BUILD_INFO.info({"version": __version__})

@@ -41,9 +41,9 @@ class Recovery:
         self.metrics = queue_metrics
         self.log = log
 
-    def return_own(self, queue: ReliableQueue) -> None:
+    def recover_own(self, queue: ReliableQueue) -> None:
         """At start: what our worker id's last process held, back to the queue (one attempt)."""
-        recovered = queue.return_own(self.max_attempts, count_attempt=True)
+        recovered = queue.recover_own(self.max_attempts, count_attempt=True)
         if recovered.returned or recovered.doomed:
             self.log.warning(
                 "recovery.own_tasks",
@@ -118,7 +118,7 @@ class Recovery:
         held = list(held)
         for queue in self.queues:
             keep = [body for q, body in held if q is queue]
-            recovered = queue.return_unseen(keep)
+            recovered = queue.reconcile(keep)
             if recovered.returned:
                 self.log.warning(
                     "claim.reply_lost",
@@ -135,7 +135,7 @@ class Recovery:
         for queue in self.queues:
             bodies = [body for q, body in unstarted if q is queue]
             if bodies:
-                returned = queue.return_unstarted(bodies)
+                returned = queue.release_unstarted(bodies)
                 self.log.info(
                     "claim.released",
                     queue=queue.keys.queue,

@@ -63,9 +63,9 @@ _SCRIPTS = (
     "heartbeat",
     "forget",
     "recover_dead_worker",
-    "return_own",
-    "return_unseen",
-    "return_unstarted",
+    "recover_own",
+    "reconcile",
+    "release",
 )
 
 
@@ -210,7 +210,7 @@ class ReliableQueue:
         While the queue is busy this halves the round trips per batch. If the ack's reply is
         lost, this raises (the acks may or may not have been applied). If only the claim's
         reply is lost, the acks' outcomes are returned with no task and `claim_lost` is set:
-        the caller has `return_unseen` return the claim, if it happened. `scripted_claim`:
+        the caller has `reconcile` return the claim, if it happened. `scripted_claim`:
         claim with the batch script (Redis is full); a claim of one is otherwise an LMOVE,
         after which `claim_refused_oom` tells whether it was refused as out of memory.
         """
@@ -314,7 +314,7 @@ class ReliableQueue:
         keys = [self.alive_key, self.keys.workers, self.processing]
         self._run("forget", keys, [self.owner_record, self.worker])
 
-    def return_unstarted(self, bodies: Sequence[bytes]) -> int:
+    def release_unstarted(self, bodies: Sequence[bytes]) -> int:
         """Give back claimed tasks never started (given oldest claim first), no attempt counted.
 
         They go to the front of the pending list, bodies[0] next; atomic. Returns how many
@@ -323,21 +323,21 @@ class ReliableQueue:
         if not bodies:
             return 0
         args = [self.owner_record, *bodies[: _bounded(len(bodies), "a batch")]]
-        reply = self._run("return_unstarted", self._own_keys, args)
+        reply = self._run("release", self._own_keys, args)
         self._check_owned(reply)
         return int(reply[0])
 
-    def return_unseen(self, keep: Sequence[bytes] = ()) -> Recovered:
+    def reconcile(self, keep: Sequence[bytes] = ()) -> Recovered:
         """After a lost claim reply: return our processing list to pending, no attempt counted.
 
         `keep` lists the tasks this worker holds and will handle (a multiset: each body listed
         stays once). Raises WorkerIdLost when another process holds our id.
         """
-        reply = self._run("return_unseen", self._own_keys, [self.owner_record, *keep])
+        reply = self._run("reconcile", self._own_keys, [self.owner_record, *keep])
         self._check_owned(reply)
         return Recovered(int(reply[0]), [])
 
-    def return_own(
+    def recover_own(
         self,
         max_attempts: int,
         count_attempt: bool = True,
@@ -346,15 +346,15 @@ class ReliableQueue:
         """At start: return what our previous process held, each a failed attempt.
 
         A task that kills its worker so ends in the dead letters: the doomed stay in our list
-        for `dead_letter`. `count_attempt=False` is `return_unseen(keep)` (a bytes `keep` is
+        for `dead_letter`. `count_attempt=False` is `reconcile(keep)` (a bytes `keep` is
         one body). Raises WorkerIdLost when another process holds our id.
         """
         if not count_attempt:
-            return self.return_unseen([keep] if isinstance(keep, bytes) else list(keep or ()))
+            return self.reconcile([keep] if isinstance(keep, bytes) else list(keep or ()))
         if keep:
-            raise ValueError("return_own counts an attempt for every task: nothing is kept")
+            raise ValueError("recover_own counts an attempt for every task: nothing is kept")
         keys = [self.processing, self.keys.pending, self.keys.attempts, self.alive_key]
-        reply = self._run("return_own", keys, [max_attempts, self.owner_record])
+        reply = self._run("recover_own", keys, [max_attempts, self.owner_record])
         self._check_owned(reply)
         return Recovered(int(reply[0]), list(reply[1]))
 

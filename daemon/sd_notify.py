@@ -2,7 +2,7 @@
 
 Under a `Type=notify` unit systemd passes `$NOTIFY_SOCKET` (a path, or an abstract socket name
 starting with '@'); taskd sends `READY=1` once Redis answers, `STATUS=` lines on state changes,
-`STOPPING=1` when it starts to drain, and `WATCHDOG=1` from the stall watchdog's tick only
+`STOPPING=1` when it starts to drain, and `WATCHDOG=1` from the stall detector's tick only
 while the loop is not stalled, at half of `$WATCHDOG_USEC`: a frozen or stuck process goes
 silent and systemd's `WatchdogSec=` restarts it. Every send is non-blocking and swallows its
 errors: a notify socket that is gone or full never holds up or breaks the loop.
@@ -151,7 +151,7 @@ class Notifier:
         return self.send("WATCHDOG=1")
 
     def tick_interval(self, default: float) -> float:
-        """How often the stall watchdog must look so that no ping comes late."""
+        """How often the stall detector must look so that no ping comes late."""
         if self.ping_interval is None:
             return default
         return min(default, self.ping_interval)

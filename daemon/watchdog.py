@@ -1,9 +1,9 @@
 """`taskd watchdog`: a supervisord event listener that restarts frozen taskd processes.
 
-The in-process watchdog thread cannot help a process that is frozen as a whole (SIGSTOP,
-a C extension holding the GIL, a machine-level stall): its heartbeat file stops changing.
+The stall detector thread cannot help a process that is frozen as a whole (SIGSTOP,
+a C extension holding the GIL, a machine-level stall): its progress file stops changing.
 On every TICK_5 this listener gathers each RUNNING process's state over XML-RPC and its
-heartbeat file, decides in a pure function (`decide`), and acts through XML-RPC: SIGABRT
+progress file, decides in a pure function (`decide`), and acts through XML-RPC: SIGABRT
 (faulthandler dumps the stacks) and SIGCONT, then SIGKILL if needed, then start again.
 
 Staleness is judged on the listener's monotonic clock: the file counts as stale when its content
@@ -30,7 +30,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 from supervisor import childutils
 
-from daemon.liveness import enable_stack_dumps, read_heartbeat_file
+from daemon.liveness import enable_stack_dumps, read_progress_file
 
 RPC_DEADLINE = 10.0  # seconds any XML-RPC call to supervisord may take
 EXIT_WAIT = 3.0  # seconds to wait for a signalled process to go
@@ -54,7 +54,7 @@ class Verdict:
 class Seen:
     """What the listener remembers of one process, on its own monotonic clock.
 
-    `pid_since`: when this pid was first seen RUNNING; `content`: the heartbeat file as last
+    `pid_since`: when this pid was first seen RUNNING; `content`: the progress file as last
     read (its `seq` changes on every write); `changed_at`: when that content last changed.
     No wall-clock time is compared: a clock step neither ages nor freshens a heartbeat.
     """
@@ -91,7 +91,7 @@ def decide(
     tick (`observe`; None = seen for the first time now). The heartbeat is stale when its
     content has not changed for longer than the process's stall timeout + `grace`: the
     wall-clock `time` inside the file is never compared with anything. A process without a
-    heartbeat file is left alone, unless `startup_timeout` is given (its group is watched
+    progress file is left alone, unless `startup_timeout` is given (its group is watched
     explicitly) and it has run that long, as far as this listener saw, without writing one.
     """
     if info.get("statename") != "RUNNING":
@@ -101,8 +101,8 @@ def decide(
     running = now - seen.pid_since
     if heartbeat is None:
         if startup_timeout is not None and running > startup_timeout:
-            return Verdict(True, f"no heartbeat file after {running:.0f} s", running)
-        return Verdict(False, "no heartbeat file (not a taskd process, or not started yet)")
+            return Verdict(True, f"no progress file after {running:.0f} s", running)
+        return Verdict(False, "no progress file (not a taskd process, or not started yet)")
     limit = float(heartbeat.get("stall_timeout", 60.0)) + grace
     if heartbeat.get("pid") != info.get("pid"):
         # the file is from an earlier incarnation: judge the new one by how long it has run
@@ -162,7 +162,7 @@ class Watchdog:
                 continue
             full = f"{info.get('group')}:{info.get('name')}"
             path = self.heartbeat_dir / f"{info['name']}.json"
-            heartbeat = read_heartbeat_file(str(path))
+            heartbeat = read_progress_file(str(path))
             seen = memory[full] = observe(self.seen.get(full), info, heartbeat, now)
             startup = self.startup_timeout if self.groups else None
             verdict = decide(info, heartbeat, now, self.grace, startup, seen)

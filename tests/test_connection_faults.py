@@ -426,7 +426,7 @@ def test_outage_longer_than_the_task_timeout_while_acking_is_waited_out(
     aof_server.stop()
     wait_until(lambda: taskd.done_bodies(), 5, "the handler to finish")
     stays_true(alive(daemon), 4, "taskd settling")  # longer than the task timeout, Redis down
-    assert daemon.proc.poll() is None, "the stall watchdog must not fire while settling"
+    assert daemon.proc.poll() is None, "the stall detector must not fire while settling"
     aof_server.start()
     client = aof_server.client()
     wait_until(lambda: client.llen(f"{Q}:processing:w1") == 0, CAP + 2 + 2, "the ack")

@@ -78,13 +78,13 @@ def _settings(server: RedisServer, **extra: str) -> config.Settings:
     return config.load(values, env={})
 
 
-def test_task_heartbeat_thread_death_is_logged_counted_and_fails_health(
+def test_heartbeat_keeper_thread_death_is_logged_counted_and_fails_health(
     redis_server: RedisServer,
 ) -> None:
     progress = Progress()
     with structlog.testing.capture_logs() as logs:
         consumer = Consumer(_settings(redis_server), lambda body: None, progress=progress)
-        beat = consumer._task_heartbeat
+        beat = consumer._heartbeat_keeper
         beat.ttl = 0.3
         beat.queues = [None]  # type: ignore[list-item]  # any error but a RedisError
         before = _deaths(beat.name)

@@ -19,8 +19,8 @@ from redis.retry import Retry
 
 from conftest import DaemonFactory, RedisServer, free_port, wait_until
 from daemon.config import load
-from daemon.http import SCRAPE_DEADLINE, QueueDepthCollector
 from daemon.keys import QueueKeys
+from daemon.probes import SCRAPE_DEADLINE, QueueDepthCollector
 
 
 def _scrape(port: int) -> str:

@@ -7,7 +7,7 @@ import structlog
 from redis.backoff import NoBackoff
 
 from daemon.faults import LinkState
-from daemon.http import readiness
+from daemon.probes import readiness
 from daemon.redis_errors import refusal_reason
 
 

@@ -1,4 +1,4 @@
-"""The stall watchdog exits 70 even when stdout is a pipe nobody reads.
+"""The stall detector exits 70 even when stdout is a pipe nobody reads.
 
 A blocking log driver, `taskd consume | less`, a full disk: every write to stdout blocks. The
 watchdog must not log before it acts, or it blocks with the loop and exit 70 never comes.

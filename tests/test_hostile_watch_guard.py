@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from daemon import metrics
-from daemon.liveness import GuardedThread, Progress, Snapshot, StallWatchdog, run_guarded
+from daemon.liveness import GuardedThread, Progress, Snapshot, StallDetector, run_guarded
 
 
 class Recorder:
@@ -96,12 +96,12 @@ def test_the_stall_watchdog_itself_is_guarded() -> None:
         def snapshot(self) -> Snapshot:
             raise RuntimeError("clock broke")
 
-    progress, log, before = Failing(), Recorder(), deaths("watchdog")
+    progress, log, before = Failing(), Recorder(), deaths("stall_detector")
     fired = threading.Event()
-    watchdog = StallWatchdog(progress, 1, 1, log, interval=0.01, on_stall=fired.set)
+    watchdog = StallDetector(progress, 1, 1, log, interval=0.01, on_stall=fired.set)
     watchdog.start()
     watchdog.join(10)
     assert not watchdog.is_alive() and not fired.is_set()
-    assert "clock broke" in progress.dead_helpers["watchdog"]
-    assert deaths("watchdog") == before + 1
+    assert "clock broke" in progress.dead_helpers["stall_detector"]
+    assert deaths("stall_detector") == before + 1
     assert log.lines[0][0] == "thread.died"

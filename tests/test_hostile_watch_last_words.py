@@ -1,4 +1,4 @@
-"""The dying watchdog's writes are bounded, and its heartbeat file carries a sequence number."""
+"""The dying watchdog's writes are bounded, and its progress file carries a sequence number."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pytest
 from conftest import wait_until
 from daemon.liveness import (
     Progress,
-    StallWatchdog,
+    StallDetector,
     bounded_write,
     json_log_line,
-    read_heartbeat_file,
+    read_progress_file,
 )
 
 
@@ -84,13 +84,13 @@ def test_json_log_line_looks_like_the_logging_pipeline_and_redacts_urls() -> Non
 
 def test_heartbeat_file_has_a_sequence_number_that_advances(tmp_path: Path) -> None:
     path = tmp_path / "hb.json"
-    watchdog = StallWatchdog(Progress(), 60, 60, None, heartbeat_file=str(path), interval=0.02)
+    watchdog = StallDetector(Progress(), 60, 60, None, heartbeat_file=str(path), interval=0.02)
     watchdog.start()
     try:
         seqs = []
 
         def advanced() -> bool:
-            hb = read_heartbeat_file(str(path))
+            hb = read_progress_file(str(path))
             if hb:
                 seqs.append(hb["seq"])
             return len(set(seqs)) >= 3
@@ -100,7 +100,7 @@ def test_heartbeat_file_has_a_sequence_number_that_advances(tmp_path: Path) -> N
         watchdog.stop()
         watchdog.join(5)
     assert seqs == sorted(seqs) and seqs[0] >= 1
-    assert read_heartbeat_file(str(path))["pid"] == os.getpid()  # type: ignore[index]
+    assert read_progress_file(str(path))["pid"] == os.getpid()  # type: ignore[index]
 
 
 def test_stall_fires_once_even_when_the_last_words_cannot_be_written(
@@ -112,7 +112,7 @@ def test_stall_fires_once_even_when_the_last_words_cannot_be_written(
     fired: list[float] = []
     progress = Progress()
     progress.task_started("stuck")
-    watchdog = StallWatchdog(
+    watchdog = StallDetector(
         progress, 60, 0.05, None, interval=0.02, on_stall=lambda: fired.append(time.monotonic()),
         last_words_deadline=0.5,
     )  # fmt: skip

@@ -77,16 +77,16 @@ def test_every_script_is_called_with_the_counts_its_header_names(
     assert q.ack_batch([(b"later", digest(b"later"))]) == [(True, 0)]
     acks, claimed = q.ack_batch_and_claim([(b"t0", digest(b"t0"))], 2, scripted_claim=False)
     assert (acks, claimed) == ([(True, 0)], [b"t1", b"t2"])
-    assert q.return_unstarted([b"t2"]) == 1
+    assert q.release_unstarted([b"t2"]) == 1
     assert q.fail(b"t1", b'{"body": "t1"}', 5, 60, 60)[0] == "retry"
     assert q.claim_when_full() == b"t2"
     assert q.dead_letter(b"t2", b'{"body": "t2"}')
     assert q.requeue_dead(b'{"body": "t2"}', b"t2")  # to the back of the queue
     assert q.try_claim() == b"t3"
-    assert q.return_unseen([]).returned == 1
+    assert q.reconcile([]).returned == 1
     assert q.try_claim() == b"t3"
     q.forget_self()
-    assert q.return_own(5).returned == 1
+    assert q.recover_own(5).returned == 1
     assert peer.recover_worker("w0", 5).returned == 0
     assert checked == set(lua.names())
 
@@ -101,9 +101,9 @@ def test_owner_checked_scripts_refuse_a_worker_id_held_elsewhere(
     r.set("jobs:alive:w0", b'{"token": "someone else"}')
     for call in (
         lambda: q.ack_batch([(b"a", digest(b"a"))]),
-        lambda: q.return_unstarted([b"a"]),
-        lambda: q.return_unseen(),
-        lambda: q.return_own(5),
+        lambda: q.release_unstarted([b"a"]),
+        lambda: q.reconcile(),
+        lambda: q.recover_own(5),
         lambda: q.fail(b"a", b"{}", 5, 0.1, 0.1),
         lambda: q.dead_letter(b"a", b"{}"),
     ):

@@ -148,8 +148,8 @@ def test_readyz_follows_redis_and_healthz_reports_progress(
 
 def test_healthz_is_503_with_the_reason_once_stalled() -> None:
     from daemon.config import load
-    from daemon.http import health
     from daemon.liveness import Progress
+    from daemon.probes import health
 
     now = [0.0]
     progress = Progress(clock=lambda: now[0])

@@ -131,7 +131,7 @@ def test_task_timeout_runs_from_each_prefetched_tasks_own_start(
         redis_server.url, "--queue", Q, *HANDLER, "--prefetch", "3", "--task-timeout", "2"
     )
     wait_until(lambda: len(taskd.done_bodies()) == 3, 15, "the three tasks done")
-    assert daemon.proc.poll() is None, "the stall watchdog fired"
+    assert daemon.proc.poll() is None, "the stall detector fired"
     assert daemon.events("watchdog.stall") == []
 
 

@@ -58,7 +58,7 @@ def test_no_observer_ever_sees_a_batch_task_in_neither_list(redis_server: RedisS
         for _ in range(200):
             claimed = q.claim_batch(7)
             assert len(claimed) == 7
-            assert q.return_unstarted(claimed) == 7
+            assert q.release_unstarted(claimed) == 7
     finally:
         done.set()
         observer.join(10)
@@ -169,39 +169,39 @@ def test_a_lost_claim_reply_is_flagged_and_its_claim_returned_unseen(
     assert (acks, claimed, q.claim_lost, q.claim_refused_oom) == ([(True, 0)], [], True, None)
     assert admin.lrange("jobs:processing:w0", 0, -1) == TASKS[3:0:-1]  # it was carried out
     survivor = ReliableQueue(admin, "jobs", "w0", q.owner)
-    assert survivor.return_unseen().returned == 3
+    assert survivor.reconcile().returned == 3
     assert survivor.claim_batch(3) == TASKS[1:4] and admin.hlen("jobs:attempts") == 0
 
 
-def test_return_unstarted_puts_a_drained_batch_back_in_front_in_claim_order(
+def test_release_unstarted_puts_a_drained_batch_back_in_front_in_claim_order(
     redis_server: RedisServer,
 ) -> None:
     r, q = _queue(redis_server)
     batch = q.claim_batch(5)
     assert q.ack(batch[0]) == (True, 0)  # started and finished; the rest never started
-    assert q.return_unstarted(batch[1:] + [b"not-held"]) == 4
+    assert q.release_unstarted(batch[1:] + [b"not-held"]) == 4
     assert r.llen("jobs:processing:w0") == 0 and r.hlen("jobs:attempts") == 0
     assert q.claim_batch(6) == TASKS[1:7]  # the first claimed is the next popped
-    assert q.return_unstarted([]) == 0
+    assert q.release_unstarted([]) == 0
 
 
-def test_return_unseen_keeps_each_held_body_once(redis_server: RedisServer) -> None:
+def test_reconcile_keeps_each_held_body_once(redis_server: RedisServer) -> None:
     r, q = _queue(redis_server, [b"dup", b"a", b"dup", b"b", b"c"])
     assert q.claim_batch(5) == [b"dup", b"a", b"dup", b"b", b"c"]
-    recovered = q.return_unseen([b"dup", b"b", b"b"])  # "b" listed twice, held once
+    recovered = q.reconcile([b"dup", b"b", b"b"])  # "b" listed twice, held once
     assert recovered.returned == 3
     assert sorted(r.lrange("jobs:processing:w0", 0, -1)) == [b"b", b"dup"]
     assert q.claim_batch(5) == [b"dup", b"a", b"c"]  # in claim order, no attempt counted
     assert r.hlen("jobs:attempts") == 0
 
 
-def test_return_own_counts_an_attempt_and_leaves_the_doomed_for_dead_letters(
+def test_recover_own_counts_an_attempt_and_leaves_the_doomed_for_dead_letters(
     redis_server: RedisServer,
 ) -> None:
     r, q = _queue(redis_server, [b"x", b"y"])
     q.claim_batch(2)
     r.hset("jobs:attempts", digest(b"y"), 4)
-    recovered = q.return_own(5)
+    recovered = q.recover_own(5)
     assert (recovered.returned, recovered.doomed) == (1, [b"y"])
     assert r.lrange("jobs:processing:w0", 0, -1) == [b"y"] and r.lrange("jobs", 0, -1) == [b"x"]
     assert r.hget("jobs:attempts", digest(b"x")) == b"1"
@@ -218,7 +218,7 @@ def test_batches_claim_settle_and_return_while_redis_is_full(
     with pytest.raises(redis.exceptions.OutOfMemoryError):
         q.try_claim()
     assert q.claim_batch(3) == TASKS[:3]
-    assert q.return_unstarted(TASKS[1:3]) == 2
+    assert q.release_unstarted(TASKS[1:3]) == 2
     assert q.ack_batch(_items(b"t0")) == [(True, 0)]
     acks, claimed = q.ack_batch_and_claim([], 1, scripted_claim=False)
     assert (claimed, q.claim_refused_oom) == ([], True)
@@ -226,7 +226,7 @@ def test_batches_claim_settle_and_return_while_redis_is_full(
     assert claimed == TASKS[1:5]
     acks, claimed = q.ack_batch_and_claim(_items(*TASKS[1:5]), 2, scripted_claim=True)
     assert (acks, claimed) == ([(True, 0)] * 4, TASKS[5:7])
-    assert q.return_unseen([b"t6"]).returned == 1
+    assert q.reconcile([b"t6"]).returned == 1
     assert r.lrange("jobs:processing:w0", 0, -1) == [b"t6"]
     assert r.lrange("jobs", -1, -1) == [b"t5"]
 
@@ -238,7 +238,7 @@ def test_a_batch_of_the_largest_size_is_claimed_settled_and_returned_whole(
     r, q = _queue(redis_server, bodies)
     claimed = q.claim_batch(MAX_BATCH)
     assert claimed == bodies[:MAX_BATCH] and r.llen("jobs") == 5
-    assert q.return_unstarted(claimed) == MAX_BATCH
+    assert q.release_unstarted(claimed) == MAX_BATCH
     claimed = q.claim_batch(MAX_BATCH)
     assert q.ack_batch(_items(*claimed)) == [(True, 0)] * MAX_BATCH
     assert r.llen("jobs:processing:w0") == 0 and r.zcard("jobs:stamps") == 5

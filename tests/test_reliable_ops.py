@@ -18,7 +18,7 @@ def test_reconcile_keeps_the_task_claimed_ahead_and_returns_the_rest(
     r.rpush("jobs", "orphan", "held")  # the right end is claimed first
     assert q.try_claim() == b"held"
     assert q.try_claim() == b"orphan"
-    recovered = q.return_unseen([b"held"])
+    recovered = q.reconcile([b"held"])
     assert recovered.returned == 1
     assert r.lrange("jobs:processing:w0", 0, -1) == [b"held"]
     assert r.lrange("jobs", 0, -1) == [b"orphan"]

@@ -372,7 +372,7 @@ def test_restarts_are_explained_by_the_fault_meant_to_cause_them_first() -> None
     rows = soak.explain_exits(exits, runs, {1: {"recovered_at": 130.0}}, specs, until=350.0)
     assert [r["explained_by"] for r in rows] == [
         "during #1 blackhole",
-        "#2 hang: stall watchdog (--task-timeout)",
+        "#2 hang: stall detector (--task-timeout)",
         "#3 consumer-kill consumer_01: kill -9 by the soak",
         None,
     ]

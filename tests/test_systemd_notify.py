@@ -103,7 +103,7 @@ def max_gap(times: list[float]) -> float:
 
 def hold_the_gil(body: bytes) -> None:
     """A handler stuck in C code that never lets go of the GIL (catastrophic backtracking):
-    no other thread of the process runs, the in-process watchdog included."""
+    no other thread of the process runs, the stall detector included."""
     re.match(r"(a+)+$", "a" * 40 + "b")
 
 
@@ -208,7 +208,7 @@ def test_watchdog_pings_follow_progress_and_stop_when_the_process_freezes(
 def test_watchdog_pings_stop_while_a_handler_holds_the_gil(
     taskd: DaemonFactory, notify: NotifySocket, redis_server: RedisServer
 ) -> None:
-    """Stuck in C code: the in-process watchdog cannot run, so systemd must notice the silence."""
+    """Stuck in C code: the stall detector cannot run, so systemd must notice the silence."""
     daemon = taskd.consume(
         redis_server.url,
         "--handler",
@@ -243,7 +243,7 @@ def test_watchdog_pings_last_while_a_task_is_within_its_timeout_and_stop_past_it
     notify.wait_for("READY", "1", 20)
     redis_server.client().lpush("task:prodcons:queue", b"60")
     began = time.monotonic()
-    assert daemon.wait(20) == 70  # the in-process watchdog: stacks dumped, exit 70
+    assert daemon.wait(20) == 70  # the stall detector: stacks dumped, exit 70
     during = notify.pings(began)
     assert len(during) >= 4, during  # ~0.5 s apart for the 3 s the task was allowed
     assert during[-1] - began < 3.0 + 1.5  # none once the task was past its timeout

@@ -232,7 +232,7 @@ def explain_exits(
             if start <= e.t <= end + 15.0 and ("SIGABRT" in e.detail or "SIGKILL" in e.detail):
                 return f"{run.label()}: restarted by the outside watchdog"
         elif run.kind == HANG and "exit status 70" in e.detail and start <= e.t <= recovered + 5:
-            return f"{run.label()}: stall watchdog (--task-timeout)"
+            return f"{run.label()}: stall detector (--task-timeout)"
         return None
 
     def during(e: ProcessEvent, run: FaultRun) -> str | None:

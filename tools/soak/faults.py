@@ -360,7 +360,7 @@ def fail_burst(soak: SoakRun, run: FaultRun) -> Steps:
 
 
 def hang(soak: SoakRun, run: FaultRun) -> Steps:
-    """One task whose handler never returns (the stall watchdog must act)."""
+    """One task whose handler never returns (the stall detector must act)."""
     yield from _inject(soak, run, "hang", 1)
 
 

@@ -13,7 +13,7 @@ The record is written before the handler returns: a task acked is a task recorde
 recorded but not acked (the worker died in between) runs again and shows up as a duplicate.
 
 Outcomes: ``ok`` (returns: ack), ``fail`` (raises: retried, then dead-lettered), ``hang``
-(sleeps forever: the stall watchdog must exit the process with 70), ``msg`` (pub/sub).
+(sleeps forever: the stall detector must exit the process with 70), ``msg`` (pub/sub).
 A body that is not a soak task raises, so a foreign task ends in the dead letters, not eaten.
 """
 
@@ -87,7 +87,7 @@ def handle(body: bytes) -> None:
         raise RuntimeError(f"soak task {task_id} is designed to fail")
     if kind == "hang":
         _record(task_id, enqueued, "hang")
-        while True:  # the stall watchdog (--task-timeout) must end this process
+        while True:  # the stall detector (--task-timeout) must end this process
             time.sleep(3600)
     _record(task_id, enqueued, "ok")
 

@@ -61,7 +61,7 @@ SIMULATES = {
     CONSUMER_KILL: "a consumer is killed (kill -9: OOM killer, operator)",
     CONSUMER_STOP: "a consumer freezes as a whole (SIGSTOP): only the outside watchdog can act",
     FAIL_BURST: "a burst of tasks whose handler always raises (poison tasks)",
-    HANG: "a task whose handler never returns (the stall watchdog must exit the process)",
+    HANG: "a task whose handler never returns (the stall detector must exit the process)",
     OOM: "Redis is full (maxmemory reached, noeviction) while producers keep pushing",
     LONG_OUTAGE: "Redis is down for days: thousands of reconnect attempts (a tiny backoff cap)",
 }

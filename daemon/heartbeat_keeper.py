@@ -28,7 +28,7 @@ def describe_error(exc: BaseException) -> str:
     return safe_text(text)
 
 
-class TaskHeartbeat(threading.Thread):
+class HeartbeatKeeper(threading.Thread):
     """Beats every ttl/3 while any task runs; finding the id taken over, leaves it in `lost`.
 
     "Any task runs" is read from the progress clock (every handler slot reports there);
@@ -38,7 +38,7 @@ class TaskHeartbeat(threading.Thread):
     def __init__(
         self, queues: list[ReliableQueue], ttl: float, log: Any, progress: Progress
     ) -> None:
-        super().__init__(name="taskd-task-heartbeat", daemon=True)
+        super().__init__(name="taskd-heartbeat-keeper", daemon=True)
         self.queues = queues
         self.ttl = ttl
         self.log = log
