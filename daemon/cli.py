@@ -256,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"taskd {args.verb}: error: {exc}", file=sys.stderr)
         return exitcodes.CONFIG
     except redis.RedisError as exc:
-        from daemon.connection import fatal_reason, is_transient
+        from daemon.redis_errors import fatal_reason, is_transient
 
         url = getattr(args, "redis_url", None) or Settings().redis_url
         if not is_transient(exc):

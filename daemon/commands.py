@@ -60,11 +60,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     handler = _load_handler(settings)
     _setup_logging(settings)
-    import structlog
-
-    log = structlog.get_logger("taskd")
-    consumer = Consumer(settings, handler)
-    return supervise(settings, consumer.progress, consumer.link, consumer.stop, consumer.run, log)
+    return supervise(Consumer(settings, handler))
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
@@ -150,8 +146,8 @@ def _producer_settings(settings: Settings) -> Settings:
 
 def _stopped(error: BaseException, url: str) -> tuple[int, str]:
     """(exit code, reason) for a producer that stopped on `error`."""
-    from daemon.connection import fatal_reason, is_transient
     from daemon.producer import ReplicasNotConfirmed
+    from daemon.redis_errors import fatal_reason, is_transient
 
     if isinstance(error, ReplicasNotConfirmed):
         return exitcodes.UNAVAILABLE, str(error)
@@ -285,8 +281,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_dead(args: argparse.Namespace) -> int:
     """List, requeue or purge the dead letters of one queue."""
+    from daemon.dead_letters import dead_letter_body
     from daemon.keys import QueueKeys
-    from daemon.reliable import ReliableQueue, dead_letter_body
+    from daemon.reliable import ReliableQueue
     from daemon.status import dead_letters
 
     settings = settings_from_args(args)
@@ -304,7 +301,7 @@ def cmd_dead(args: argparse.Namespace) -> int:
     reliable = ReliableQueue(client, queue, "taskd-cli")
     requeued = skipped = 0
     for entry in client.lrange(QueueKeys(queue).dead, 0, -1):
-        from daemon.reliable import parse_dead_letter
+        from daemon.dead_letters import parse_dead_letter
 
         body = dead_letter_body(parse_dead_letter(entry))
         if body is None:

@@ -30,35 +30,7 @@ from redis.sentinel import (
 
 from daemon import redis_url
 from daemon.config import Settings
-
-# Moved to daemon/faults.py and daemon/redis_errors.py; re-exported here until every importer
-# (cli, web, http, reliable, ownership and some tests) names the new modules.
-from daemon.faults import BACKOFF_STEPS, LinkState, make_backoff
-from daemon.redis_errors import (
-    REFUSED,
-    SENT,
-    RedisFatalError,
-    SentinelAuthError,
-    fatal_reason,
-    is_transient,
-    maybe_applied,
-    refusal_reason,
-)
-
-__all__ = [
-    "BACKOFF_STEPS",
-    "REFUSED",
-    "SENT",
-    "LinkState",
-    "RedisFatalError",
-    "SentinelAuthError",
-    "fatal_reason",
-    "is_transient",
-    "make_backoff",
-    "make_client",
-    "maybe_applied",
-    "refusal_reason",
-]
+from daemon.redis_errors import REFUSED, SENT, SentinelAuthError
 
 
 def _mark(exc: BaseException, attribute: str, value: bool, force: bool) -> None:

@@ -15,8 +15,9 @@ from typing import Any
 import redis
 
 from daemon import metrics
+from daemon.dead_letters import safe_text
 from daemon.liveness import Progress
-from daemon.reliable import ReliableQueue, WorkerIdLost, safe_text
+from daemon.reliable import ReliableQueue, WorkerIdLost
 
 
 def describe_error(exc: BaseException) -> str:

@@ -25,9 +25,10 @@ from typing import Any, Protocol
 import structlog
 
 from daemon import handlers, metrics
+from daemon.dead_letters import safe_text
 from daemon.heartbeat_keeper import describe_error
 from daemon.liveness import GuardedThread, Progress
-from daemon.reliable import ReliableQueue, safe_text
+from daemon.reliable import ReliableQueue
 
 MAX_TRACEBACK = 4000  # characters of a handler's traceback kept in its failure log line
 

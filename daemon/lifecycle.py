@@ -12,22 +12,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from daemon import exitcodes, metrics
 from daemon.config import ConfigError, Settings
 from daemon.faults import LinkState
-from daemon.liveness import (
-    LAST_WORDS_DEADLINE,
-    Progress,
-    StallDetector,
-    arm_exit,
-    bounded_write,
-    enable_stack_dumps,
-    json_log_line,
-    log_fd,
-)
+from daemon.last_words import LAST_WORDS_DEADLINE, arm_exit, bounded_write, json_log_line, log_fd
+from daemon.liveness import Progress, StallDetector, enable_stack_dumps
 from daemon.redis_url import redact
 from daemon.sd_notify import Notifier, utc_clock_time
 
@@ -155,30 +146,14 @@ class Supervised(Protocol):
     def run(self) -> int: ...
 
 
-@dataclass
-class _Fields:
-    """The six-argument call of before, as one object (see `supervise`)."""
-
-    settings: Settings
-    progress: Progress
-    link: LinkState
-    stop: GracefulStop
-    run: Callable[[], int]
-    log: Any
-
-
-def supervise(loop: Supervised | Settings, *legacy: Any) -> int:
+def supervise(loop: Supervised) -> int:
     """Run `loop` with the metrics server, the stall detector and the signal handlers.
 
     Stack dumps first: from here on SIGABRT (the outside watchdog, or systemd's WatchdogSec)
     dumps every thread's stack to stderr and leaves no core file. Under systemd the process
     reports its state (ServiceNotes) and pings WATCHDOG=1 from the stall detector's healthy
     ticks only, so a stuck or frozen loop goes silent.
-    Transitional: `supervise(settings, progress, link, stop, run, log)` is still accepted
-    until daemon/cli.py passes the loop itself; then `legacy` goes.
     """
-    if isinstance(loop, Settings):
-        loop = _Fields(loop, *legacy)
     settings, progress, link, stop, log = (
         loop.settings,
         loop.progress,

@@ -30,15 +30,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon import exitcodes, metrics
-from daemon.last_words import (  # re-exported: their home before daemon/last_words.py
-    LAST_WORDS_BUDGET as LAST_WORDS_BUDGET,
+from daemon.last_words import (
+    LAST_WORDS_DEADLINE,
+    arm_exit,
+    bounded_write,
+    json_log_line,
+    last_words,
+    log_fd,
 )
-from daemon.last_words import LAST_WORDS_DEADLINE as LAST_WORDS_DEADLINE
-from daemon.last_words import arm_exit as arm_exit
-from daemon.last_words import bounded_write as bounded_write
-from daemon.last_words import json_log_line as json_log_line
-from daemon.last_words import last_words as last_words
-from daemon.last_words import log_fd as log_fd
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from daemon.connection import RedisFatalError
+from daemon.redis_errors import RedisFatalError
 
 if TYPE_CHECKING:
     from daemon.reliable import ReliableQueue

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from daemon import metrics
 from daemon.config import ConfigError, Settings
-from daemon.connection import LinkState
+from daemon.faults import LinkState
 from daemon.liveness import GuardedThread, Progress, Snapshot, stall_reason
 from daemon.redis_url import redact
 from daemon.status import QueueStatus

@@ -20,8 +20,9 @@ from typing import Any
 import redis
 
 from daemon import metrics
+from daemon.dead_letters import dead_letter_entry
 from daemon.inflight import Task
-from daemon.reliable import ReliableQueue, dead_letter_entry, digest
+from daemon.reliable import ReliableQueue, digest
 
 
 class Recovery:

@@ -36,16 +36,11 @@ from typing import Any
 
 import redis
 
-from daemon.connection import RedisFatalError
-from daemon.dead_letters import MAX_ERROR_CHARS as MAX_ERROR_CHARS  # re-exported
-from daemon.dead_letters import dead_letter_body as dead_letter_body
-from daemon.dead_letters import dead_letter_entry as dead_letter_entry
-from daemon.dead_letters import parse_dead_letter as parse_dead_letter
-from daemon.dead_letters import safe_text as safe_text
 from daemon.keys import QueueKeys
 from daemon.lua import Scripts
 from daemon.ownership import Owner
 from daemon.pipelined import ReplyLost, send_at_once
+from daemon.redis_errors import RedisFatalError
 
 TOKEN_BYTES = 8  # random prefix of a delayed member, so identical bodies never collapse
 TOKEN_CHARS = TOKEN_BYTES * 2

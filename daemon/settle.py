@@ -13,8 +13,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from daemon.claims import Claimed
+from daemon.dead_letters import dead_letter_entry
 from daemon.inflight import Task
-from daemon.reliable import ReliableQueue, dead_letter_entry
+from daemon.reliable import ReliableQueue
 
 if TYPE_CHECKING:
     from daemon.consumer import Consumer

@@ -19,8 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from daemon.dead_letters import parse_dead_letter
 from daemon.keys import QueueKeys
-from daemon.reliable import digest, parse_dead_letter
+from daemon.reliable import digest
 
 # Workers read per queue and read: bounds one read's size even when dead workers pile up
 # (peers forget them on recovery): the most recently seen are read.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
-from daemon.reliable import dead_letter_body, dead_letter_entry, parse_dead_letter
+from daemon.dead_letters import dead_letter_body, dead_letter_entry, parse_dead_letter
 
 
 def test_a_dead_letter_keeps_a_utf8_body_as_text_and_a_binary_body_as_base64() -> None:

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from conftest import free_port, wait_until
 from daemon.config import Settings, load
-from daemon.connection import LinkState, make_backoff
+from daemon.faults import LinkState, make_backoff
 from daemon.liveness import Progress
 from daemon.probes import health, readiness, serve_metrics
 

@@ -13,13 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_until
-from daemon.liveness import (
-    Progress,
-    StallDetector,
-    bounded_write,
-    json_log_line,
-    read_progress_file,
-)
+from daemon.last_words import bounded_write, json_log_line
+from daemon.liveness import Progress, StallDetector, read_progress_file
 
 
 @pytest.fixture

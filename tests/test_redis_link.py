@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from daemon.connection import LinkState, is_transient
+from daemon.faults import LinkState
+from daemon.redis_errors import is_transient
 
 
 class FakeClock:

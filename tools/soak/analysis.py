@@ -122,7 +122,7 @@ def analyze(state: RunState, produced: ProducedSet | None = None) -> dict[str, A
     watched = {i for r in all_runs if r.kind == OOM and r.skipped is None for i in r.ids}
     if watched:
         ev.done_at = first_done(read_records(records_dir, since), watched)
-    from daemon.reliable import parse_dead_letter
+    from daemon.dead_letters import parse_dead_letter
 
     dead_ids: list[int | None] = []
     dead_path = run_dir / "dead_letters.jsonl"

@@ -332,7 +332,7 @@ def first_done(records: Iterable[Record], ids: set[int]) -> dict[int, float]:
 
 def dead_letter_id(entry: bytes, produced: ProducedSet) -> int | None:
     """The task id of a dead letter when it is a task of this run, else None (foreign)."""
-    from daemon.reliable import dead_letter_body, parse_dead_letter
+    from daemon.dead_letters import dead_letter_body, parse_dead_letter
     from tools.soak import handler as soak_handler
 
     doc = parse_dead_letter(entry)
