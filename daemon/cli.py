@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     watchdog = verbs.add_parser(
         "watchdog",
-        help="supervisord event listener: restart taskd processes whose heartbeat went stale",
+        help="supervisord event listener: restart taskd processes whose progress file went stale",
         description="Run as [eventlistener:watchdog] with events=TICK_5. Speaks the event "
         "listener protocol on stdin/stdout and logs to stderr only.",
     )
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--grace",
         type=_positive,
         default=5.0,
-        help="seconds beyond a process's stall timeout before its stale heartbeat triggers a "
+        help="seconds beyond a process's stall timeout before its stale progress file triggers a "
         "restart (default 5; TICK_5 adds up to 5 s more)",
     )
     watchdog.add_argument(

@@ -25,6 +25,7 @@ ALLOW_OOM = "#!lua flags=allow-oom\n"
 _SLOT = re.compile(r"\b(KEYS|ARGV)\[\d")  # a fixed slot: read by a named local only
 _NAMED = re.compile(r"^local (\w+) = (?:tonumber\()?(KEYS|ARGV)\[(\d+)\]\)?$")
 _VARIADIC = re.compile(r"#ARGV|unpack\(ARGV|ARGV\[(?!\d)")
+_INCLUDE = re.compile(r"^--#include (\w+)$", re.M)  # a shared function: _<name>.lua
 
 
 class ScriptCallError(TypeError):
@@ -55,13 +56,26 @@ class LuaScript:
 def names() -> list[str]:
     """Every script shipped in this package, by name (the file name without .lua)."""
     files = resources.files(__package__).iterdir()
-    return sorted(f.name[: -len(".lua")] for f in files if f.name.endswith(".lua"))
+    return sorted(
+        f.name[: -len(".lua")]
+        for f in files
+        if f.name.endswith(".lua") and not f.name.startswith("_")  # _x.lua: included only
+    )
 
 
 @functools.cache
 def script(name: str) -> LuaScript:
-    """The script `name` of this package, its header parsed (see `parse`)."""
-    return parse(name, resources.files(__package__).joinpath(f"{name}.lua").read_text("utf-8"))
+    """The script `name` of this package, its header parsed (see `parse`).
+
+    A line ``--#include x`` is replaced by the file ``_x.lua`` (a local function several
+    scripts share); included files read no KEYS or ARGV of their own.
+    """
+    return parse(name, _source(name))
+
+
+def _source(name: str) -> str:
+    text = resources.files(__package__).joinpath(f"{name}.lua").read_text("utf-8")
+    return _INCLUDE.sub(lambda m: _source(f"_{m.group(1)}").rstrip("\n"), text)
 
 
 def parse(name: str, source: str) -> LuaScript:

@@ -12,20 +12,10 @@ local alive = KEYS[5]
 local workers = KEYS[6]
 local max_attempts = tonumber(ARGV[1])
 local worker = ARGV[2]
+--#include give_back
 
 if redis.call('EXISTS', alive) == 1 then return {-1, {}} end
 
-local items = redis.call('LRANGE', source, 0, -1)
-redis.call('DEL', source)
-local returned, doomed = 0, {}
-for _, body in ipairs(items) do
-  if redis.call('HINCRBY', attempts, redis.sha1hex(body), 1) >= max_attempts then
-    redis.call('RPUSH', recoverer, body)
-    doomed[#doomed + 1] = body
-  else
-    redis.call('RPUSH', pending, body)  -- newest claimed first: the oldest ends rightmost
-    returned = returned + 1
-  end
-end
+local returned, doomed = give_back(source, pending, attempts, recoverer, max_attempts)
 redis.call('ZREM', workers, worker)
 return {returned, doomed}
