@@ -114,6 +114,7 @@ def test_faults_flag_takes_all_none_or_a_list() -> None:
         ["--attach"],
         ["--redis-url", "redis://127.0.0.1:1/0"],
         ["--handler", "nocolon"],
+        ["--compressed", "--consumer-args", "--prefetch 5%"],
         ["--no-such-flag"],
     ],
 )
@@ -392,13 +393,15 @@ def test_the_soak_stack_is_built_from_the_shipped_supervisord_conf() -> None:
         handler="tools.soak.handler:handle_lossy",
         consumers=3,
         grace=2,
+        consumer_args=("--prefetch", "20", "--concurrency", "4"),
     )
     sections = dict((name, "".join(lines)) for name, lines in soak.conf_sections(text))
     assert 'TASKD_REDIS_URL="redis://127.0.0.1:40001/0"' in sections["supervisord"]
     assert "autostart=false" in sections["program:redis"]
     assert "autostart=false" in sections["program:web"]
     consumer = sections["program:consumer"]
-    assert "--handler tools.soak.handler:handle_lossy" in consumer and "numprocs=3" in consumer
+    assert "--handler tools.soak.handler:handle_lossy --prefetch 20 --concurrency 4 " in consumer
+    assert "numprocs=3" in consumer
     assert "--metrics-port 401%(process_num)02d" in consumer
     assert "--handler tools.soak.handler:handle " in sections["program:subscriber"]
     assert "--grace 2 " in sections["eventlistener:watchdog"]

@@ -54,6 +54,8 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
 
+_CONSUMER_ARG = re.compile(r"[\w.:/=-]+")  # no spaces or % in supervisord's command=
+
 def build_parser() -> argparse.ArgumentParser:
     """The soak's flags."""
     p = _Parser(
@@ -72,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", help="seed of the fault schedule (default: random, printed)")
     p.add_argument("--run-dir", help="run folder (default var/soak/<timestamp>); must be empty")
     p.add_argument("--consumers", default="2", help="consumer processes (default 2)")
+    p.add_argument(
+        "--consumer-args",
+        default="",
+        help="more flags for every consumer, e.g. '--prefetch 20 --concurrency 4' "
+        "(checked by taskd consume itself when the stack starts)",
+    )
     p.add_argument(
         "--compressed",
         action="store_true",
@@ -149,6 +157,12 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         if args.drain_timeout
         else (60.0 if args.compressed else 120.0)
     )
+    consumer_args = tuple(args.consumer_args.split())
+    if not all(_CONSUMER_ARG.fullmatch(arg) for arg in consumer_args):
+        raise UsageError(
+            f"--consumer-args={args.consumer_args!r}: expected flags and values made of "
+            "letters, digits and . : / = _ - (they go into supervisord's command line)"
+        )
     if args.handler.count(":") != 1 or not all(args.handler.split(":")):
         raise UsageError(f"--handler={args.handler!r}: expected module:function")
     attach_flags = ("supervisor_conf", "redis_url", "records_dir", "proxy_control")
@@ -192,6 +206,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         seed=seed,
         run_dir=run_dir,
         consumers=consumers,
+        consumer_args=consumer_args,
         compressed=args.compressed,
         attach=args.attach,
         supervisor_conf=Path(args.supervisor_conf).resolve() if args.supervisor_conf else None,

@@ -167,7 +167,9 @@ class SoakRun:
     def _make_stack(self) -> Stack:
         opts = self.opts
         if not opts.attach:
-            return OwnedStack(opts.run_dir, opts.consumers, opts.handler, self.timings)
+            return OwnedStack(
+                opts.run_dir, opts.consumers, opts.handler, self.timings, opts.consumer_args
+            )
         assert opts.supervisor_conf and opts.redis_url and opts.records_dir
         return AttachedStack(
             opts.supervisor_conf, opts.redis_url, opts.records_dir, opts.proxy_control, opts.run_dir

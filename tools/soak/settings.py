@@ -199,6 +199,7 @@ class Options:
     seed: int
     run_dir: Path
     consumers: int = 2
+    consumer_args: tuple[str, ...] = ()  # more flags of every consumer (--prefetch, ...)
     compressed: bool = False
     attach: bool = False
     supervisor_conf: Path | None = None

@@ -153,8 +153,16 @@ def redis_config_allowed(url: str) -> bool:
 class OwnedStack(Stack):
     """redis-server + chaos proxy + supervisord (from conf/supervisord.conf) in the run folder."""
 
-    def __init__(self, run_dir: Path, consumers: int, handler: str, timings: Timings) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        consumers: int,
+        handler: str,
+        timings: Timings,
+        consumer_args: tuple[str, ...] = (),
+    ) -> None:
         self.run_dir = run_dir
+        self.consumer_args = consumer_args
         self.timings = timings
         self.handler = handler
         self.consumers = [f"consumer_{n:02d}" for n in range(consumers)]
@@ -203,6 +211,7 @@ class OwnedStack(Stack):
             watchdog_metrics=free_port(),
             web_port=free_port(),
             handler=self.handler,
+            consumer_args=self.consumer_args,
             consumers=len(self.consumers),
             grace=self.timings.watchdog_grace,
         )

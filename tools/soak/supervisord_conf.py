@@ -57,6 +57,7 @@ def build_supervisord_conf(
     handler: str,
     consumers: int,
     grace: float,
+    consumer_args: tuple[str, ...] = (),
 ) -> str:
     """The shipped conf, on free ports, with the consumers and subscriber behind the proxy.
 
@@ -89,7 +90,7 @@ def build_supervisord_conf(
         text,
         "program:consumer",
         [
-            (r"--handler \S+", f"--handler {handler}", "--handler"),
+            (r"--handler \S+", " ".join(("--handler", handler, *consumer_args)), "--handler"),
             (r"^numprocs=\d+", f"numprocs={consumers}", "numprocs"),
             (
                 r"--metrics-port 186%\(process_num\)02d",
