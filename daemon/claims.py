@@ -90,8 +90,17 @@ class Claimer:
         return [] if body is None else [(queue, body)]
 
     def _batch_each(self, n: int) -> Claimed:
+        """A plain LMOVE first (a full Redis refuses it: OutOfMemoryError, noticed by the
+        caller), then the batch script for the rest: FIFO across both."""
         for queue in self.queues:  # priority: the order given
-            bodies = queue.claim_batch(n)
+            first = queue.try_claim()
+            if first is not None:
+                return [(queue, body) for body in [first, *queue.claim_batch(n - 1)]]
+        return []
+
+    def _batch_each_when_full(self, n: int) -> Claimed:
+        for queue in self.queues:
+            bodies = queue.claim_batch(n)  # the batch script may run while Redis is full
             if bodies:
                 return [(queue, body) for body in bodies]
         return []
@@ -115,7 +124,7 @@ class Claimer:
                 self.memory_seen(False)
                 return claimed
         if n > 1:
-            claimed = self._batch_each(n)  # the batch script may run while Redis is full
+            claimed = self._batch_each_when_full(n)
             if claimed:
                 return claimed
         else:

@@ -212,27 +212,25 @@ class ReliableQueue:
         if n == 0:
             self.claim_lost, self.claim_refused_oom = False, None
             return self.ack_batch(items), []
-        plain = n == 1 and not scripted_claim
-        claim: tuple[Any, ...] = ("LMOVE", *self._claim_keys, "RIGHT", "LEFT")
-        if not plain:
-            claim = self.scripts.command("claim_batch", self._claim_keys, [_bounded(n, "n")])
+        claims = self._claim_commands(n, scripted_claim)
         ack_args = self._ack_args(items) if items else []
-        commands: tuple[tuple[Any, ...], ...] = (claim,)
+        acks: tuple[tuple[Any, ...], ...] = ()
         if items:
-            commands = (self.scripts.command("ack_batch", self._ack_keys, ack_args), claim)
-        replies = self._send_pair(commands)  # written at once: daemon/pipelined.py
-        following = replies[-1]
-        self.claim_lost = isinstance(following, ReplyLost)
+            acks = (self.scripts.command("ack_batch", self._ack_keys, ack_args),)
+        replies = self._send_pair(acks + claims)  # written at once: daemon/pipelined.py
+        following = replies[len(acks) :]
+        self.claim_lost = any(isinstance(reply, ReplyLost) for reply in following)
         self.claim_refused_oom = None
-        if plain and not self.claim_lost:
-            self.claim_refused_oom = isinstance(following, redis.exceptions.OutOfMemoryError)
+        if not scripted_claim and not isinstance(following[0], ReplyLost):
+            self.claim_refused_oom = isinstance(following[0], redis.exceptions.OutOfMemoryError)
         if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
             self.preload()  # e.g. Redis restarted: the next pair finds the scripts again
         claimed: list[bytes] = []
-        if isinstance(following, list):
-            claimed = list(following)
-        elif following is not None and not isinstance(following, Exception):
-            claimed = [following]  # refused (OOM, READONLY...) or unknown: no task
+        for reply in following:  # refused (OOM, READONLY...) or unknown: no task from it
+            if isinstance(reply, list):
+                claimed.extend(reply)
+            elif reply is not None and not isinstance(reply, Exception):
+                claimed.append(reply)
         if not items:
             return [], claimed
         acked = replies[0]
@@ -241,6 +239,18 @@ class ReliableQueue:
         elif isinstance(acked, Exception):
             raise acked
         return self._acked(acked), claimed
+
+    def _claim_commands(self, n: int, scripted: bool) -> tuple[tuple[Any, ...], ...]:
+        """The claim of up to `n` sent along with an ack: the batch script while Redis is
+        full; otherwise a plain LMOVE first (the oldest task), so that a Redis that became
+        full refuses it (OOM) and the consumer learns it, then the script for the rest."""
+        if scripted:
+            return (self.scripts.command("claim_batch", self._claim_keys, [_bounded(n, "n")]),)
+        lmove = ("LMOVE", *self._claim_keys, "RIGHT", "LEFT")
+        if n == 1:
+            return (lmove,)
+        rest = self.scripts.command("claim_batch", self._claim_keys, [_bounded(n - 1, "n")])
+        return (lmove, rest)
 
     def _send_pair(self, commands: tuple[tuple[Any, ...], ...]) -> list[Any]:
         return send_at_once(self.client.connection_pool, commands)

@@ -145,4 +145,21 @@ def test_full_redis_is_drained_in_batches_and_in_order(
     wait_until(lambda: len(taskd.done_bodies()) == 30, 30, "the full Redis drained")
     assert taskd.done_bodies() == bodies
     assert daemon.events("redis.disconnected") == []  # full is not down
+    assert daemon.events("redis.out_of_memory"), "Redis full must be noticed and said"
     wait_until(lambda: not held(full_redis, "*"), 5, "every task acked")
+
+
+def test_redis_becoming_full_during_a_prefetched_drain_is_noticed_and_the_drain_goes_on(
+    full_redis: RedisServer, taskd: DaemonFactory
+) -> None:
+    """The claims that ride along with the acks start with a plain LMOVE: a Redis that
+    became full refuses it, so the consumer says so (`redis.out_of_memory`) and drains on."""
+    bodies = [f"slow:0.002:{i}" for i in range(600)]
+    push(full_redis, *bodies)
+    daemon = taskd.consume(full_redis.url, "--queue", Q, *HANDLER, "--prefetch", "20")
+    wait_until(lambda: len(taskd.done_bodies()) >= 20, 30, "the drain under way")
+    fill(full_redis)
+    wait_until(lambda: daemon.events("redis.out_of_memory"), 15, "Redis full noticed")
+    wait_until(lambda: len(taskd.done_bodies()) == 600, 60, "the full Redis drained")
+    assert sorted(taskd.done_bodies()) == sorted(bodies)
+    assert daemon.events("redis.disconnected") == []
