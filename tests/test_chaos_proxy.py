@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tools.chaos_proxy import ChaosProxy  # noqa: E402
-from tools.harness import free_port  # noqa: E402
+from tools.harness import free_port, wait_until  # noqa: E402
 
 SCRIPT = ROOT / "scripts" / "chaos_proxy.py"
 SILENCE_S = 0.3  # how long "nothing arrives" is observed for black-hole checks
@@ -158,13 +158,6 @@ def assert_silent(sock: socket.socket) -> None:
         pytest.fail(f"expected silence, got {data!r} (b'' means EOF)")
 
 
-def wait_until(pred: Callable[[], bool], timeout: float = 3.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict[str, Any]]:
     req = urllib.request.Request(url, data=body, method=method)
     if body is not None:
@@ -183,7 +176,7 @@ def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict[st
 def test_pass_forwards_both_ways_and_propagates_eof(proxy: ChaosProxy, echo: EchoServer) -> None:
     with connect(proxy.port) as c:
         assert roundtrip(c, b"hello") == b"hello"
-        wait_until(lambda: proxy.flow_count() == 1, what="one open flow")
+        wait_until(lambda: proxy.flow_count() == 1, 3.0, "one open flow")
 
         payload = os.urandom(600_000)  # more than socket buffers: exercises backpressure
         sender = threading.Thread(target=c.sendall, args=(payload,), daemon=True)
@@ -194,7 +187,7 @@ def test_pass_forwards_both_ways_and_propagates_eof(proxy: ChaosProxy, echo: Ech
         c.shutdown(socket.SHUT_WR)  # client half-close must reach the server as FIN
         c.settimeout(3.0)
         assert c.recv(1) == b""  # echo server closed in response, and that FIN came back
-    wait_until(lambda: proxy.flow_count() == 0, what="flow to close")
+    wait_until(lambda: proxy.flow_count() == 0, 3.0, "flow to close")
     assert echo.endings == ["eof"]
 
 
@@ -222,8 +215,8 @@ def test_blackhole_keeps_flows_open_but_dead_for_good(proxy: ChaosProxy, echo: E
     with connect(proxy.port) as c3:  # but a fresh flow works normally
         assert roundtrip(c3, b"fresh") == b"fresh"
     # Only c3's upstream ended; c1's server side never saw FIN or RST (half-open, as in prod).
-    wait_until(lambda: echo.endings == ["eof"], what="c3 upstream to close")
-    wait_until(lambda: proxy.flow_count() == 2, what="c1 and c2 to remain open")
+    wait_until(lambda: echo.endings == ["eof"], 3.0, "c3 upstream to close")
+    wait_until(lambda: proxy.flow_count() == 2, 3.0, "c1 and c2 to remain open")
     c1.close()
     c2.close()
 
@@ -249,7 +242,7 @@ def test_reset_rsts_open_flows_then_behaves_as_pass(proxy: ChaosProxy, echo: Ech
     assert time.monotonic() - start < 1.0
     c.close()
     assert proxy.mode == "pass"
-    wait_until(lambda: echo.endings == ["reset"], what="server side to see RST")
+    wait_until(lambda: echo.endings == ["reset"], 3.0, "server side to see RST")
     assert proxy.flow_count() == 0
     with connect(proxy.port) as c2:
         assert roundtrip(c2, b"after") == b"after"
@@ -306,7 +299,7 @@ def test_upstream_down_resets_client_quickly() -> None:
                 c.settimeout(2.0)
                 with pytest.raises(ConnectionResetError):
                     c.recv(1)
-        wait_until(lambda: p.flow_count() == 0, what="failed flow to be dropped")
+        wait_until(lambda: p.flow_count() == 0, 3.0, "failed flow to be dropped")
 
 
 def test_stop_is_bounded_with_blackholed_flows(echo: EchoServer) -> None:
@@ -318,7 +311,7 @@ def test_stop_is_bounded_with_blackholed_flows(echo: EchoServer) -> None:
     clients.append(connect(p.port))  # accepted while black-holed: no upstream
     for c in clients:
         c.sendall(b"into the void")
-    wait_until(lambda: p.flow_count() == 4, what="four flows")
+    wait_until(lambda: p.flow_count() == 4, 3.0, "four flows")
 
     start = time.monotonic()
     p.stop()
@@ -376,7 +369,7 @@ def test_http_api_changes_modes_and_rejects_bad_input(echo: EchoServer) -> None:
         assert (status, doc["latency_ms"], doc["jitter_ms"]) == (200, 50, 10)
 
         with connect(p.port) as c:
-            wait_until(lambda: p.flow_count() == 1, what="flow")
+            wait_until(lambda: p.flow_count() == 1, 3.0, "flow")
             status, doc = http("PUT", f"{base}/mode/reset")
             assert (status, doc["mode"], doc["flows"]) == (200, "pass", 0)
             c.settimeout(2.0)
