@@ -1,16 +1,56 @@
 """taskd on a real Redis Cluster (3 primaries, 3 replicas; tools/harness/cluster.py).
 
 One cluster serves the whole module; each test uses a queue of its own, named with a hash
-tag so that all its keys share one slot.
+tag so that all its keys share one slot. The consumers are real `python -m daemon consume`
+processes given the cluster URL alone.
 """
 
 from __future__ import annotations
 
+import json
+import signal
+import time
+from collections import Counter
+
 from cluster_fixtures import redis_cluster
 
+from conftest import DaemonFactory, wait_until
 from tools.harness.cluster import RedisCluster
 
 __all__ = ["redis_cluster"]
+HANDLER = ("--handler", "handlers_for_tests:record")
+
+
+def queue_keys(cluster: RedisCluster, queue: str) -> dict[str, int]:
+    """Every key of `queue` (by name prefix) with its size, read on the node of its slot.
+
+    Reading them all on that one node is the check that they share its slot: a key of the
+    queue in another slot would live on another node (or the same, and be caught by KEYSLOT).
+    """
+    node = cluster.node_of(queue).client()
+    keys = [k.decode() for k in node.keys(f"{queue}*")]
+    slot = node.cluster("keyslot", queue)
+    assert all(node.cluster("keyslot", k) == slot for k in keys), keys
+    sizes = {}
+    for key in keys:
+        kind = node.type(key).decode()
+        size = {"list": node.llen, "zset": node.zcard, "hash": node.hlen}.get(kind)
+        sizes[key] = int(size(key)) if size else 1
+    return sizes
+
+
+def work_left(cluster: RedisCluster, queue: str) -> dict[str, int]:
+    """Pending, processing, delayed and attempt keys that still hold something."""
+    return {
+        k: n
+        for k, n in queue_keys(cluster, queue).items()
+        if n and (k == queue or ":processing:" in k or k.endswith((":delayed", ":attempts")))
+    }
+
+
+def enqueue(taskd: DaemonFactory, cluster: RedisCluster, queue: str, *bodies: str) -> None:
+    done = taskd.run("enqueue", "--redis-url", cluster.url, "--queue", queue, *bodies)
+    assert done.returncode == 0, done.stderr
 
 
 def test_cluster_forms_with_every_slot_served(redis_cluster: RedisCluster) -> None:
@@ -24,3 +64,113 @@ def test_cluster_forms_with_every_slot_served(redis_cluster: RedisCluster) -> No
         assert redis_cluster.node_of("{probe}:a").port in primaries
     finally:
         client.close()
+
+
+def test_a_queue_without_a_hash_tag_is_refused_on_a_cluster(
+    redis_cluster: RedisCluster, taskd: DaemonFactory
+) -> None:
+    for verb in (("consume", *HANDLER), ("enqueue", "x"), ("status",), ("dead", "list")):
+        done = taskd.run(verb[0], "--redis-url", redis_cluster.url, "--queue", "orders", *verb[1:])
+        assert done.returncode == 78, (verb, done.stderr)
+        lines = done.stderr.decode().strip().splitlines()
+        assert len(lines) == 1 and "a queue needs a hash tag, e.g. {orders}" in lines[0], lines
+
+
+def test_baseline_drain_on_two_consumers_all_acked_none_left(
+    redis_cluster: RedisCluster, taskd: DaemonFactory
+) -> None:
+    queue = "{drain}"
+    bodies = [f"task-{i}" for i in range(300)]
+    enqueue(taskd, redis_cluster, queue, *bodies)
+    taskd.consume(redis_cluster.url, "--queue", queue, *HANDLER, "--worker-id", "one")
+    taskd.consume(
+        redis_cluster.url, "--queue", queue, *HANDLER, "--worker-id", "two", "--prefetch", "10"
+    )
+    wait_until(lambda: len(taskd.done_bodies()) >= 300, 30, "300 tasks done")
+    assert Counter(taskd.done_bodies()) == Counter(bodies)  # each exactly once
+    wait_until(lambda: not work_left(redis_cluster, queue), 5, "nothing left in flight")
+    keys = queue_keys(redis_cluster, queue)
+    assert f"{queue}:alive:one" in keys and f"{queue}:workers" in keys  # all in one slot
+
+
+def test_consumer_killed_its_task_recovered_by_a_peer(
+    redis_cluster: RedisCluster, taskd: DaemonFactory
+) -> None:
+    queue = "{orphans}"
+    timing = ("--heartbeat-ttl", "2", "--recovery-interval", "1")
+    enqueue(taskd, redis_cluster, queue, "slow:1:orphan")
+    victim = taskd.consume(
+        redis_cluster.url, "--queue", queue, *HANDLER, *timing, "--worker-id", "A"
+    )
+    wait_until(lambda: taskd.records(), 15, "A to start the task")
+    taskd.consume(redis_cluster.url, "--queue", queue, *HANDLER, *timing, "--worker-id", "B")
+    node = redis_cluster.node_of(queue).client()
+    wait_until(lambda: node.exists(f"{queue}:alive:B"), 10, "B alive")
+    victim.signal(signal.SIGKILL)
+    victim.wait(10)
+    wait_until(lambda: "slow:1:orphan" in taskd.done_bodies(), 20, "B to finish the orphan")
+    wait_until(lambda: not work_left(redis_cluster, queue), 5, "nothing left in flight")
+    assert node.exists(f"{queue}:processing:A") == 0
+
+
+def test_poison_task_dead_lettered_and_shown_by_status_and_dead_list(
+    redis_cluster: RedisCluster, taskd: DaemonFactory
+) -> None:
+    queue = "{poison}"
+    enqueue(taskd, redis_cluster, queue, "fail:poison", "fine")
+    taskd.consume(
+        redis_cluster.url, "--queue", queue, *HANDLER, "--max-attempts", "3", "--worker-id", "w1"
+    )
+    node = redis_cluster.node_of(queue).client()
+    wait_until(lambda: node.llen(f"{queue}:dead") == 1, 20, "one dead letter")
+    entry = json.loads(node.lindex(f"{queue}:dead", 0))
+    assert (entry["body"], entry["attempts"], entry["worker"]) == ("fail:poison", 3, "w1")
+    wait_until(lambda: taskd.done_bodies() == ["fine"], 10, "the fine task done")
+    wait_until(lambda: not work_left(redis_cluster, queue), 5, "nothing left in flight")
+    status = taskd.run("status", "--redis-url", redis_cluster.url, "--queue", queue, "--json")
+    assert status.returncode == 0, status.stderr
+    row = json.loads(status.stdout)[0]
+    assert (row["pending"], row["processing"], row["dead"]) == (0, 0, 1)
+    assert [w["worker"] for w in row["workers"]] == ["w1"]
+    listed = taskd.run("dead", "list", "--redis-url", redis_cluster.url, "--queue", queue)
+    assert listed.returncode == 0, listed.stderr
+    assert b"fail:poison" in listed.stdout
+
+
+def test_sigterm_drains_the_task_in_hand_and_leaves_the_rest(
+    redis_cluster: RedisCluster, taskd: DaemonFactory
+) -> None:
+    queue = "{sigterm}"
+    enqueue(taskd, redis_cluster, queue, "slow:1.5:draining", "not-started")
+    daemon = taskd.consume(redis_cluster.url, "--queue", queue, *HANDLER, "--worker-id", "w1")
+    wait_until(lambda: taskd.records(), 15, "the task to start")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(15) == 0
+    assert taskd.done_bodies() == ["slow:1.5:draining"]
+    node = redis_cluster.node_of(queue).client()
+    assert node.lrange(queue, 0, -1) == [b"not-started"]
+    assert node.llen(f"{queue}:processing:w1") == 0
+    assert node.exists(f"{queue}:alive:w1") == 0
+
+
+def test_subscribe_receives_what_publish_sends_through_another_node(
+    redis_cluster: RedisCluster, taskd: DaemonFactory
+) -> None:
+    sub = taskd.start(
+        "subscribe",
+        "--redis-url",
+        redis_cluster.url,
+        "--channel",
+        "news",
+        *HANDLER,
+        env=taskd.env(),
+    )
+    sub.wait_for_event("pubsub.subscribed", 15)
+    # the publisher names only the last nodes: its PUBLISH may well land on another node
+    other = f"redis+cluster://{','.join(redis_cluster.addresses[3:])}/"
+    deadline = time.monotonic() + 10
+    while "hello" not in taskd.done_bodies() and time.monotonic() < deadline:
+        done = taskd.run("publish", "--redis-url", other, "--channel", "news", "hello")
+        assert done.returncode == 0, done.stderr
+        time.sleep(0.2)
+    assert "hello" in taskd.done_bodies()
