@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import redis
+from redis.cluster import ClusterNode
 
 from tools.harness.ports import free_port_block
 from tools.harness.redis_server import RedisServer, RedisStartError
@@ -134,9 +135,11 @@ class RedisCluster:
         return [node for node in self.nodes if node.pid is not None]
 
     def client(self) -> redis.RedisCluster:
-        """A plain redis-py cluster client (for the tests' own checks)."""
+        """A plain redis-py cluster client (for the tests' own checks), from the live nodes."""
         return redis.RedisCluster(
-            host="127.0.0.1", port=self.nodes[0].port, socket_timeout=5, socket_connect_timeout=5
+            startup_nodes=[ClusterNode("127.0.0.1", n.port) for n in self.live()],
+            socket_timeout=5,
+            socket_connect_timeout=5,
         )
 
     def node_of(self, key: str) -> RedisServer:
