@@ -10,7 +10,9 @@ each host's processes see their own hostname. Consumers on both run with the DEF
    TTL + recovery interval + one task and one claim, nothing is lost, and when the link comes
    back the cut host's consumers (never exited) take their ids back and carry on;
 3. the hosts' wall clocks are 20 minutes apart (one 10 min behind, one 10 min ahead): no live
-   worker is taken for dead, since heartbeat expiry is a Redis TTL, not a comparison of clocks.
+   worker is taken for dead, since heartbeat expiry is a Redis TTL, not a comparison of clocks;
+4. two containers sharing one host's network and hostname, each consumer pid 1: their default
+   ids collide today, and the second waits rather than share the id (nothing lost or doubled).
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, Daemon, DaemonFactory, RedisServer, stays_true, wait_until
+from handlers_for_tests import RECORD_ENV, read_records
 from tools.harness import Producer
-from tools.harness.hosts import Host, Hosts
+from tools.harness.hosts import PID_NAMESPACE, Host, Hosts, inner_pid
 
 QUEUE = "mh"
 BLOCK = 0.5  # --block-timeout: heartbeat TTL 1.5 s (3 x), recovery interval 1 s (2 x)
@@ -105,7 +108,8 @@ def test_default_worker_ids_name_the_host_and_both_hosts_drain_one_queue(
 
     # default ids: <the host's own hostname>:<pid>, and the owner record names that host
     ids = {worker_of(d): (host, d) for host, ds in ((a, on_a), (b, on_b)) for d in ds}
-    assert set(ids) == {f"{h.name}:{d.pid}" for h, d in ids.values()}
+    assert set(ids) == {f"{h.hostname}:{d.pid}" for h, d in ids.values()}
+    assert len(ids) == 4  # distinct: by hostname, and by pid where hosts could not be renamed
     wait_until(
         lambda: {w.decode() for w in admin.zrange(f"{QUEUE}:workers", 0, -1)} == set(ids),
         10,
@@ -113,7 +117,7 @@ def test_default_worker_ids_name_the_host_and_both_hosts_drain_one_queue(
     )
     for worker, (host, _) in ids.items():
         record = json.loads(admin.get(f"{QUEUE}:alive:{worker}"))
-        assert record["host"] == host.name
+        assert record["host"] == host.hostname
 
     producer = Producer(server.port, QUEUE, every=0.01, prefix="base")
     producer.start()
@@ -181,12 +185,15 @@ def test_a_cut_host_is_recovered_by_the_other_within_the_bound_and_carries_on_af
     assert recovered_after <= bound and picked_up_after <= bound, (recovered_after, picked_up_after)
     dead_workers = {str(e["dead_worker"]) for e in events(on_b, "recovery.dead_worker")}
     assert dead_workers <= set(workers_a) and dead_workers, dead_workers
-    # host-a's consumers are still there, waiting for their Redis
+    # behind the cut, each of host-a's consumers finds its Redis gone (its next command's
+    # socket timeout) and stays, waiting for it
+    wait_until(lambda: all(d.events("redis.disconnected") for d in on_a), 10, "host-a cut off")
+    outage = time.monotonic() - cut_at
     assert [d.proc.poll() for d in on_a] == [None, None]
 
     a.restore()
     restored = len(taskd.records())
-    for daemon in on_a:  # each takes its id back and carries on
+    for daemon in on_a:  # each reconnects, takes its id back and carries on
         daemon.wait_for_event("redis.reconnected", 15)
         wait_until(
             lambda d=daemon: any(
@@ -210,8 +217,9 @@ def test_a_cut_host_is_recovered_by_the_other_within_the_bound_and_carries_on_af
     assert admin.llen(f"{QUEUE}:dead") == 0
     stop_all(on_a + on_b)
     print(
-        f"\nmultihost: cut -> recovered {recovered_after:.2f} s, -> running on host-b "
-        f"{picked_up_after:.2f} s (bound {bound:.2f} s); held {len(held)}, ran twice {len(twice)}"
+        f"\nmultihost: cut {outage:.2f} s -> recovered {recovered_after:.2f} s, "
+        f"-> running on host-b {picked_up_after:.2f} s (bound {bound:.2f} s); "
+        f"held {len(held)}, ran twice {len(twice)}"
     )
 
 
@@ -254,6 +262,70 @@ def test_hosts_twenty_minutes_apart_take_no_live_worker_for_dead(
     assert all(admin.exists(f"{QUEUE}:alive:{worker_of(d)}") for d in everyone)
     stop_all(everyone)
     assert admin.llen(f"{QUEUE}:dead") == 0
+
+
+class Container(Daemon):
+    """`taskd consume` as the first process of a PID namespace (pid 1, as in `docker run`)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.args, self.log_path = args, log_path
+        self._log_file = open(log_path, "ab")  # noqa: SIM115 - closed in wait()/stop()
+        command = [*PID_NAMESPACE, sys.executable, "-m", "daemon", *args]
+        self.proc = subprocess.Popen(
+            command, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT)
+        )
+        self.record = Path(env[RECORD_ENV])
+
+    def signal(self, signum: int) -> None:
+        """To taskd itself (unshare does not forward signals)."""
+        os.kill(wait_until(lambda: inner_pid(self.proc.pid), 10, "the container's pid 1"), signum)
+
+    def done(self) -> list[str]:
+        return [body for _, phase, body in read_records(self.record) if phase == "done"]
+
+
+def test_host_networked_containers_never_share_a_worker_id_at_once(
+    taskd: DaemonFactory, hosts: tuple[Hosts, RedisServer]
+) -> None:
+    """Two containers on one host with its network and hostname, each consumer pid 1.
+
+    Their default ids are both `host-a:1` today (the finding in the report): the second waits
+    (`worker.id_held_elsewhere`) and runs nothing until the first stops, then takes the id over.
+    With unique default ids both would simply work. Either way: no id consumed by two processes
+    at once, nothing lost, nothing run twice.
+    """
+    two, server = hosts
+    a = two.hosts[0]
+    containers: list[Container] = []
+    for i in range(2):
+        env = taskd.env(**a.env(), **{RECORD_ENV: str(taskd.tmp / f"record-c{i}.log")})
+        args = ["consume", "--redis-url", a.url, "--queue", QUEUE, "--block-timeout", str(BLOCK)]
+        args += ["--handler", "handlers_for_tests:record"]
+        container = Container(args, env, taskd.tmp / f"container-{i}.log")
+        taskd.started.append(container)
+        container.wait_for_event("consumer.started", 20)
+        containers.append(container)
+    first, second = containers
+    ids = [worker_of(c) for c in containers]
+    assert [c.events("consumer.started")[0]["pid"] for c in containers] == [1, 1]
+
+    producer = Producer(server.port, QUEUE, every=0.02, prefix="ct")
+    producer.start()
+    wait_until(lambda: len(first.done()) >= 20, 15, "the first container at work")
+    if ids[0] == ids[1]:
+        second.wait_for_event("worker.id_held_elsewhere", 10)
+        stays_true(lambda: not second.done(), TTL, "the second container idle meanwhile")
+        first.signal(signal.SIGTERM)
+        assert first.wait(15) == 0
+        wait_until(lambda: second.done(), 10, "the second container taking the id over")
+    else:
+        wait_until(lambda: second.done(), 10, "the second container at work too")
+    pushed = producer.finish()
+    wait_until(lambda: set(pushed) <= set(first.done() + second.done()), 20, "all pushed done")
+    runs_ = Counter(first.done() + second.done())
+    assert [body for body, n in runs_.items() if n > 1] == []
+    assert server.client().llen(f"{QUEUE}:dead") == 0
+    print(f"\nmultihost: host-networked containers' default worker ids {ids}")
 
 
 def test_the_link_cut_is_a_real_black_hole_for_one_host_only(

@@ -21,6 +21,7 @@ import ctypes
 import os
 import random
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -33,6 +34,8 @@ NETNS_ENV = "MULTIHOST_NETNS"  # /run/netns/<name> to join
 HOSTNAME_ENV = "MULTIHOST_HOSTNAME"  # the hostname the host's processes see
 OFFSET_ENV = "MULTIHOST_WALL_OFFSET"  # seconds added to time.time()
 LOOPBACK_ENV = "MULTIHOST_LOOPBACK"  # "1": loopback hosts even where namespaces are allowed
+# a container's PID namespace: its first process (the command) is pid 1, as under `docker run`
+PID_NAMESPACE = ("unshare", "--pid", "--fork", "--kill-child", "--mount-proc")
 _CLONE_NEWNET = 0x40000000
 _CLONE_NEWUTS = 0x04000000
 _SHIM = "from tools.harness.hosts import enter_from_env\nenter_from_env()\n"
@@ -57,6 +60,15 @@ def enter_from_env() -> None:
         time.time = lambda real=time.time, offset=offset: real() + offset  # type: ignore[misc]
 
 
+def inner_pid(unshare_pid: int) -> int:
+    """The host pid of the command a `PID_NAMESPACE` prefix started (0 while not yet forked)."""
+    try:
+        children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children").read_text().split()
+    except OSError:
+        return 0
+    return int(children[0]) if children else 0
+
+
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
 
@@ -66,6 +78,14 @@ def _free_subnets(n: int) -> list[int]:
     used = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, timeout=10).stdout
     free = [n for n in range(1, 255) if f"10.231.{n}." not in used]
     return random.sample(free, n)
+
+
+def hostnames_available() -> bool:
+    """Whether a process here may take a hostname of its own (a UTS namespace)."""
+    try:
+        return subprocess.run(["unshare", "--uts", "true"], timeout=10).returncode == 0
+    except OSError:
+        return False
 
 
 def namespaces_available() -> bool:
@@ -85,7 +105,8 @@ class Host:
     """One host: how its processes reach Redis (`address`, `port`), its env, its link."""
 
     def __init__(self, name: str, site: Path, root: Path) -> None:
-        self.name = name  # also its hostname
+        self.name = name
+        self.hostname = name  # what its processes' gethostname() says (see Hosts)
         self.site = site
         self.root = root
         self.address = ""  # where this host reaches Redis
@@ -102,7 +123,7 @@ class Host:
         return {
             "PYTHONPATH": os.pathsep.join([str(self.site), *self.root_path()]),
             NETNS_ENV: self.netns,
-            HOSTNAME_ENV: self.name,
+            HOSTNAME_ENV: self.hostname if self.hostname != socket.gethostname() else "",
             OFFSET_ENV: repr(wall_offset),
         }
 
@@ -207,6 +228,9 @@ class Hosts:
         else:
             for i, name in enumerate(names):
                 self.hosts.append(LoopbackHost(name, site, root, f"127.0.0.{i + 2}"))
+        if not hostnames_available():  # then both hosts share this machine's name: ids by pid
+            for shared in self.hosts:
+                shared.hostname = socket.gethostname()
 
     def redis_args(self) -> list[str]:
         """Extra redis-server arguments: listen on every host's link too."""
