@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from collections import Counter
 
@@ -174,6 +175,63 @@ def test_subscribe_receives_what_publish_sends_through_another_node(
         assert done.returncode == 0, done.stderr
         time.sleep(0.2)
     assert "hello" in taskd.done_bodies()
+
+
+def test_queue_slot_resharded_under_load_moved_and_ask_followed_nothing_lost(
+    redis_cluster: RedisCluster, taskd: DaemonFactory
+) -> None:
+    """`redis-cli --cluster reshard` moves the queue's slot (slot 0: the first one the
+    reshard takes from its node) to another primary while tasks are pushed and consumed:
+    MOVED/ASK/TRYAGAIN replies are followed, the pair written at once falls back to the
+    cluster client, nothing is lost."""
+    queue = "{r6961}"  # hash slot 0
+    source = redis_cluster.node_of(queue)
+    target = next(
+        n
+        for n in redis_cluster.nodes
+        if n.port != source.port and n.client().execute_command("ROLE")[0] == b"master"
+    )
+    ids = [n.client().cluster("myid") for n in (source, target)]
+    ids = [i.decode() if isinstance(i, bytes) else i for i in ids]
+    first = [f"slow:0.005:a{i}" for i in range(200)]
+    enqueue(taskd, redis_cluster, queue, *first)
+    for worker in ("one", "two"):
+        taskd.consume(
+            redis_cluster.url, "--queue", queue, *HANDLER, "--worker-id", worker, "--prefetch", "5"
+        )
+    wait_until(lambda: len(taskd.done_bodies()) >= 20, 20, "20 tasks done before the reshard")
+    pushing = [f"b{i}" for i in range(200)]
+    producer = redis_cluster.client()
+    reshard = subprocess.Popen(
+        [
+            "redis-cli",
+            "--cluster",
+            "reshard",
+            f"127.0.0.1:{source.port}",
+            "--cluster-from",
+            ids[0],
+            "--cluster-to",
+            ids[1],
+            "--cluster-slots",
+            "1",
+            "--cluster-yes",
+            "--cluster-pipeline",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    for body in pushing:  # pushed throughout the reshard (the client follows MOVED/ASK)
+        producer.lpush(queue, body)
+    output = reshard.communicate(timeout=30)[0]
+    assert reshard.returncode == 0, output[-500:]
+    wait_until(lambda: redis_cluster.node_of(queue).port == target.port, 10, "slot 0 moved")
+    everything = set(first) | set(pushing)
+    wait_until(lambda: everything <= set(taskd.done_bodies()), 40, "every task done")
+    wait_until(lambda: not work_left(redis_cluster, queue), 10, "nothing left in flight")
+    producer.close()
+    redirects = source.client().info("errorstats")
+    assert redirects.get("errorstat_MOVED", {}).get("count", 0) > 0, redirects  # followed
 
 
 def test_primary_killed_mid_drain_replica_promoted_nothing_lost(
