@@ -177,6 +177,22 @@ def test_subscribe_receives_what_publish_sends_through_another_node(
     assert "hello" in taskd.done_bodies()
 
 
+def test_web_enqueues_and_reports_the_queue_on_a_cluster(redis_cluster: RedisCluster) -> None:
+    from daemon import config
+    from daemon.web import create_app
+
+    queue = "{web}"
+    settings = config.load({"redis_url": redis_cluster.url, "queues": (queue,)}, env={})
+    web = create_app(settings).test_client()
+    posted = web.post("/api/tasks", json={"queue": queue, "body": "hi"})
+    assert posted.status_code == 202, posted.get_data()
+    assert web.get("/prodcons").status_code == 302
+    assert web.get("/readyz").status_code == 200
+    rows = web.get("/api/queues").get_json()["queues"]
+    assert [(r["queue"], r["pending"]) for r in rows] == [(queue, 2)]
+    assert redis_cluster.node_of(queue).client().llen(queue) == 2
+
+
 def test_queue_slot_resharded_under_load_moved_and_ask_followed_nothing_lost(
     redis_cluster: RedisCluster, taskd: DaemonFactory
 ) -> None:
