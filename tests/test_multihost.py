@@ -260,7 +260,22 @@ def test_hosts_twenty_minutes_apart_take_no_live_worker_for_dead(
     ran = {p for p, ph, _ in taskd.records() if ph == "done"}
     assert ran & pids(behind) and ran & pids(ahead)
     assert all(admin.exists(f"{QUEUE}:alive:{worker_of(d)}") for d in everyone)
-    stop_all(everyone)
+
+    # and a worker that really died is still found, by whichever host's clock: kill -9 one
+    gone = ahead.pop()
+    gone.stop()
+    killed_at = time.monotonic()
+    survivors = behind + ahead
+    found = wait_until(
+        lambda: events(survivors, "recovery.dead_worker"),
+        2 * (TTL + RECOVERY_INTERVAL),
+        "the killed worker found dead",
+    )
+    assert time.monotonic() - killed_at <= TTL + RECOVERY_INTERVAL + BLOCK + 1.5
+    assert {e["dead_worker"] for e in events(survivors, "recovery.dead_worker")} == {
+        worker_of(gone)
+    }, found
+    stop_all(survivors)
     assert admin.llen(f"{QUEUE}:dead") == 0
 
 
