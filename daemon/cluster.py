@@ -91,6 +91,15 @@ def make_cluster_client(settings: Settings, client_name: str | None = None) -> R
     )
 
 
+def node_client(client: Any, key: str) -> Any:
+    """`client` itself, or on a cluster a plain client of the primary serving `key`'s slot:
+    for what must share one connection with a write of that slot (MULTI/EXEC, WAIT after
+    the push). A redirect (the slot moving) is then an error reply, not followed."""
+    if not is_cluster(client):
+        return client
+    return client.get_redis_connection(client.get_node_from_key(key))
+
+
 def pool_for(client: Any, key: str) -> Any:
     """The connection pool that serves `key`: the client's own, or on a cluster the pool of
     the primary of `key`'s slot (as the cluster client knows it now)."""

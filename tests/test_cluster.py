@@ -177,6 +177,31 @@ def test_subscribe_receives_what_publish_sends_through_another_node(
     assert "hello" in taskd.done_bodies()
 
 
+def test_replicated_pushes_and_a_durable_channel_on_a_cluster(
+    redis_cluster: RedisCluster, taskd: DaemonFactory
+) -> None:
+    """--wait-replicas sends its WAIT on the push's node; --durable's MULTI goes to the
+    node of the channel's list, which `subscribe --durable` consumes reliably."""
+    url, wait = redis_cluster.url, ("--wait-replicas", "1", "--wait-timeout", "2")
+    done = taskd.run("enqueue", "--redis-url", url, "--queue", "{replicated}", *wait, "x")
+    assert done.returncode == 0, done.stderr
+    assert redis_cluster.node_of("{replicated}").client().llen("{replicated}") == 1
+    done = taskd.run("publish", "--redis-url", url, "--channel", "{feed}", "--durable", *wait, "m")
+    assert done.returncode == 0, done.stderr
+    taskd.start(
+        "subscribe",
+        "--redis-url",
+        url,
+        "--channel",
+        "{feed}",
+        "--durable",
+        *HANDLER,
+        env=taskd.env(),
+    )
+    wait_until(lambda: taskd.done_bodies() == ["m"], 15, "the durable message handled")
+    wait_until(lambda: not work_left(redis_cluster, "{feed}:durable"), 5, "its list empty")
+
+
 def test_web_enqueues_and_reports_the_queue_on_a_cluster(redis_cluster: RedisCluster) -> None:
     from daemon import config
     from daemon.web import create_app
