@@ -16,11 +16,14 @@ slot's node: `pool_for`.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.commands.core import Script
+from redis.connection import Encoder
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from daemon import redis_url
@@ -31,10 +34,65 @@ from daemon.connection import (
     TaskdSSLConnection,
     client_kwargs,
 )
+from daemon.redis_errors import SENT
 
 
 def is_cluster(client: Any) -> bool:
-    return isinstance(client, RedisCluster)
+    return isinstance(client, (RedisCluster, LazyCluster))
+
+
+class LazyCluster:
+    """A cluster client made on first use, as a single-node client connects on first use.
+
+    redis-py's cluster client reads the slot map when it is made, and raises when no node
+    answers: a consumer started while the cluster is down would crash instead of waiting
+    like a single-node one. Until the map is read, every use raises a ConnectionError
+    marked as not sent (an outage the loops' fault policy retries); scripts can be
+    registered and a connect hook set before (both are kept for the real client).
+    """
+
+    def __init__(self, settings: Settings, client_name: str | None) -> None:
+        self._settings = settings
+        self._client_name = client_name
+        self._client: RedisCluster | None = None
+        self._on_connect: Any = None
+
+    def _real(self) -> RedisCluster:
+        if self._client is None:
+            try:
+                client = make_cluster_client(self._settings, self._client_name)
+            except (RedisClusterException, redis.ConnectionError, redis.TimeoutError) as exc:
+                if isinstance(exc.__cause__, redis.AuthenticationError):
+                    raise exc.__cause__ from exc  # refused credentials: exit 78, not an outage
+                error = redis.ConnectionError(f"no cluster node answered: {exc}")
+                setattr(error, SENT, False)
+                raise error from exc
+            client.user_on_connect_func = self._on_connect
+            self._client = client
+        return self._client
+
+    @property
+    def user_on_connect_func(self) -> Any:
+        return self._client.user_on_connect_func if self._client else self._on_connect
+
+    @user_on_connect_func.setter
+    def user_on_connect_func(self, hook: Any) -> None:
+        self._on_connect = hook
+        if self._client is not None:
+            self._client.user_on_connect_func = hook
+
+    def get_encoder(self) -> Encoder:
+        return Encoder("utf-8", "strict", False)  # what make_cluster_client's client uses
+
+    def register_script(self, script: Any) -> Script:
+        return Script(cast(Any, self), script)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real(), name)
 
 
 def _connection_class(tls: bool, health_check_interval: float, connect_timeout: float) -> type:

@@ -253,14 +253,14 @@ def make_client(settings: Settings, client_name: str | None = None) -> redis.Red
     deadlines.
 
     Its connections are taskd's (`SentTracking`), so every error says whether the command
-    was sent. Creating it does not connect; the first command does (except a cluster client,
-    which reads the slot map at once: daemon/cluster.py).
+    was sent. Creating it does not connect; the first command does (a cluster client reads
+    the slot map then: daemon/cluster.py).
     """
     target = redis_url.parse(settings.redis_url)
     if target.cluster:
-        from daemon.cluster import make_cluster_client  # the cluster module imports this one
+        from daemon.cluster import LazyCluster  # the cluster module imports this one
 
-        return cast(redis.Redis, make_cluster_client(settings, client_name))
+        return cast(redis.Redis, LazyCluster(settings, client_name))
     kwargs = client_kwargs(settings, client_name)
     if target.sentinel:
         return _sentinel_client(settings, target, kwargs)

@@ -15,7 +15,7 @@ from collections import Counter
 
 from cluster_fixtures import redis_cluster
 
-from conftest import DaemonFactory, wait_until
+from conftest import DaemonFactory, free_port, wait_until
 from tools.harness.cluster import RedisCluster
 
 __all__ = ["redis_cluster"]
@@ -75,6 +75,17 @@ def test_a_queue_without_a_hash_tag_is_refused_on_a_cluster(
         assert done.returncode == 78, (verb, done.stderr)
         lines = done.stderr.decode().strip().splitlines()
         assert len(lines) == 1 and "a queue needs a hash tag, e.g. {orders}" in lines[0], lines
+
+
+def test_a_consumer_started_while_no_node_answers_waits_instead_of_crashing(
+    taskd: DaemonFactory,
+) -> None:
+    url = f"redis+cluster://127.0.0.1:{free_port()},127.0.0.1:{free_port()}/"
+    daemon = taskd.consume(url, "--queue", "{early}", *HANDLER)
+    daemon.wait_for_event("redis.disconnected", 15)
+    assert daemon.proc.poll() is None  # an outage it retries, as on a single Redis
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(15) == 0
 
 
 def test_baseline_drain_on_two_consumers_all_acked_none_left(

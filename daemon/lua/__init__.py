@@ -124,7 +124,9 @@ class Scripts:
         Otherwise the first call of each after a start or a Redis restart costs a NOSCRIPT
         round trip. A refused load (NOPERM) leaves that work to the NOSCRIPT fallback.
         """
-        if hasattr(self.client, "get_primaries"):  # a cluster: SCRIPT LOAD on every primary
+        from daemon.cluster import is_cluster
+
+        if is_cluster(self.client):  # a cluster: SCRIPT LOAD on every primary
             for forms in self._forms.values():
                 with contextlib.suppress(redis.ResponseError):
                     self.client.script_load(forms[self._flagged].script)
