@@ -109,8 +109,8 @@ class Host:
         self.hostname = name  # what its processes' gethostname() says (see Hosts)
         self.site = site
         self.root = root
-        self.address = ""  # where this host reaches Redis
-        self.port = 0
+        self.address = ""  # this host's own address (a LoopbackHost's proxy listens on it)
+        self.port = 0  # the Redis port it connects to (a LoopbackHost's: its proxy's)
         self.redis_side = ""  # the address Redis must listen on for this host ("" = loopback)
         self.netns = ""
 
