@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from pathlib import Path
 
 from cluster_fixtures import redis_cluster
 
@@ -309,3 +310,20 @@ def test_primary_killed_mid_drain_replica_promoted_nothing_lost(
     wait_until(lambda: not work_left(redis_cluster, queue), 10, "nothing left in flight")
     primary.start()  # back as a replica of the promoted node
     redis_cluster.wait_ok(20)
+
+
+def test_a_password_cluster_wrong_password_is_exit_78_password_hidden(
+    tmp_path: Path, taskd: DaemonFactory
+) -> None:
+    cluster = RedisCluster(tmp_path / "auth", primaries=3, replicas=0, password="s3cret")
+    try:
+        cluster.start()
+        done = taskd.run("status", "--redis-url", cluster.url, "--queue", "{q}")
+        assert done.returncode == 0, done.stderr
+        wrong = cluster.url.replace("s3cret", "wr0ng")
+        for verb in (("status",), ("consume", *HANDLER)):
+            done = taskd.run(verb[0], "--redis-url", wrong, "--queue", "{q}", *verb[1:])
+            assert done.returncode == 78, (verb, done.stderr)
+            assert b"wr0ng" not in done.stderr and b"wr0ng" not in done.stdout
+    finally:
+        cluster.stop()

@@ -30,8 +30,11 @@ class ClusterStartError(RuntimeError):
 class RedisCluster:
     """`primaries` primaries, each with `replicas` replicas, on ports P*100 .. P*100+n-1."""
 
-    def __init__(self, workdir: Path, primaries: int = 3, replicas: int = 1) -> None:
+    def __init__(
+        self, workdir: Path, primaries: int = 3, replicas: int = 1, password: str | None = None
+    ) -> None:
         self.workdir = workdir
+        self.password = password
         self.primaries = primaries
         self.replicas = replicas
         count = primaries * (1 + replicas)
@@ -41,9 +44,11 @@ class RedisCluster:
 
     def _node(self, port: int) -> RedisServer:
         workdir = self.workdir / f"node-{port}"
+        auth = ("--masterauth", self.password) if self.password else ()
         return RedisServer(
             workdir,
             port,
+            *auth,
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
@@ -54,6 +59,7 @@ class RedisCluster:
             str(port + BUS_OFFSET),
             "--repl-diskless-sync-delay",  # replicas in sync at once, not after 5 s
             "0",
+            password=self.password,
         )
 
     @property
@@ -63,7 +69,8 @@ class RedisCluster:
     @property
     def url(self) -> str:
         """A taskd cluster URL naming the first three nodes (any one is enough to start)."""
-        return f"redis+cluster://{','.join(self.addresses[:3])}/"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis+cluster://{auth}{','.join(self.addresses[:3])}/"
 
     def start(self, timeout: float = 30.0) -> RedisCluster:
         """Start every node, create the cluster, return once every node says cluster_state:ok."""
@@ -74,7 +81,8 @@ class RedisCluster:
         cli = shutil.which("redis-cli")
         if not cli:
             raise RedisStartError("redis-cli not found on PATH (apt-get install redis-tools)")
-        args = [cli, "--cluster", "create", *self.addresses]
+        args = [cli, *(("-a", self.password, "--no-auth-warning") if self.password else ())]
+        args += ["--cluster", "create", *self.addresses]
         args += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
         done = subprocess.run(args, capture_output=True, timeout=timeout, check=False)
         if done.returncode != 0:
@@ -140,6 +148,7 @@ class RedisCluster:
             startup_nodes=[ClusterNode("127.0.0.1", n.port) for n in self.live()],
             socket_timeout=5,
             socket_connect_timeout=5,
+            password=self.password,
         )
 
     def node_of(self, key: str) -> RedisServer:
