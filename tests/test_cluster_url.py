@@ -52,3 +52,11 @@ def test_hash_tag_rule_applies_on_a_cluster_only() -> None:
     )
     tagged = config.load({"redis_url": "redis+cluster://h:1", "queues": ("{orders}",)}, env={})
     assert cluster_queues_have_hash_tags(tagged) is None
+
+
+def test_the_wsgi_factory_refuses_a_queue_without_a_hash_tag_on_a_cluster() -> None:
+    from daemon.web import WsgiConfigError, app_from_env
+
+    env = {"TASKD_REDIS_URL": "redis+cluster://h:1", "TASKD_QUEUE": "orders"}
+    with pytest.raises(WsgiConfigError, match="a queue needs a hash tag, e.g. {orders}"):
+        app_from_env(env, configure_logging=False)
