@@ -57,6 +57,6 @@ def test_hash_tag_rule_applies_on_a_cluster_only() -> None:
 def test_the_wsgi_factory_refuses_a_queue_without_a_hash_tag_on_a_cluster() -> None:
     from daemon.web import WsgiConfigError, app_from_env
 
-    env = {"TASKD_REDIS_URL": "redis+cluster://h:1", "TASKD_QUEUE": "orders"}
-    with pytest.raises(WsgiConfigError, match="a queue needs a hash tag, e.g. {orders}"):
+    env = {"TASKD_REDIS_URL": "redis+cluster://h:1", "TASKD_QUEUES": "orders"}
+    with pytest.raises(WsgiConfigError, match=r"a queue needs a hash tag, e.g. \{orders\}"):
         app_from_env(env, configure_logging=False)
