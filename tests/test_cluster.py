@@ -292,22 +292,31 @@ def test_primary_killed_mid_drain_replica_promoted_nothing_lost(
 ) -> None:
     """kill -9 of the primary serving the queue's slot: the cluster promotes its replica
     (node timeout 2 s) and the consumers carry on there. Duplicates are allowed (an ack not
-    yet replicated is lost with the primary), losses are not. Last in the module: it leaves
-    the killed node restarted as a replica."""
+    yet replicated is lost with the primary), losses are not. A consumer of a queue on
+    another primary rides out the cluster's down state (CLUSTERDOWN) without exiting. Last
+    in the module: it leaves the killed node restarted as a replica."""
     queue = "{failover}"
     first = [f"slow:0.01:a{i}" for i in range(300)]
     enqueue(taskd, redis_cluster, queue, *first)
     primary = redis_cluster.node_of(queue)
+    bystander = next(
+        q
+        for q in (f"{{by{i}}}" for i in range(50))
+        if redis_cluster.node_of(q).port != primary.port
+    )
     for worker in ("one", "two"):
         taskd.consume(redis_cluster.url, "--queue", queue, *HANDLER, "--worker-id", worker)
+    other = taskd.consume(redis_cluster.url, "--queue", bystander, *HANDLER, "--worker-id", "by")
     wait_until(lambda: len(taskd.done_bodies()) >= 60, 20, "60 tasks done before the kill")
     primary.kill9()
     wait_until(lambda: redis_cluster.node_of(queue).port != primary.port, 20, "a new primary")
     second = [f"b{i}" for i in range(100)]
     enqueue(taskd, redis_cluster, queue, *second)  # pushed after the failover, to the new one
-    everything = set(first) | set(second)
+    enqueue(taskd, redis_cluster, bystander, "by-after")
+    everything = set(first) | set(second) | {"by-after"}
     wait_until(lambda: everything <= set(taskd.done_bodies()), 60, "every task done")
     wait_until(lambda: not work_left(redis_cluster, queue), 10, "nothing left in flight")
+    assert other.proc.poll() is None, other.lines()[-3:]
     primary.start()  # back as a replica of the promoted node
     redis_cluster.wait_ok(20)
 
