@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import redis
 
 from daemon import config, redis_url
+from daemon.redis_errors import classify, maybe_applied
 from daemon.settings_rules import cluster_queues_have_hash_tags, hash_tag
 
 
@@ -60,3 +62,27 @@ def test_the_wsgi_factory_refuses_a_queue_without_a_hash_tag_on_a_cluster() -> N
     env = {"TASKD_REDIS_URL": "redis+cluster://h:1", "TASKD_QUEUES": "orders"}
     with pytest.raises(WsgiConfigError, match=r"a queue needs a hash tag, e.g. \{orders\}"):
         app_from_env(env, configure_logging=False)
+
+
+@pytest.mark.parametrize(
+    ("error", "fault"),
+    [
+        (redis.exceptions.ClusterDownError("The cluster is down"), "refused"),
+        (redis.exceptions.TryAgainError("Multiple keys request during rehashing"), "refused"),
+        (redis.exceptions.MovedError("3999 127.0.0.1:7001"), "refused"),
+        (redis.exceptions.SlotNotCoveredError('Slot "5" not covered'), "unreachable"),
+        (
+            redis.exceptions.RedisClusterException("Redis Cluster cannot be connected."),
+            "unreachable",
+        ),
+        (
+            redis.exceptions.RedisClusterException("Keys in request don't hash to the same slot"),
+            "fatal",
+        ),
+    ],
+)
+def test_a_cluster_changing_state_is_waited_out_not_fatal(error: Exception, fault: str) -> None:
+    """redis-py cuts the code off these messages; they are known by type (CLUSTERDOWN while
+    a failed primary is replaced must not stop every consumer of the cluster)."""
+    assert classify(error) == fault
+    assert not maybe_applied(error)
