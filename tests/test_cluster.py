@@ -287,6 +287,36 @@ def test_queue_slot_resharded_under_load_moved_and_ask_followed_nothing_lost(
     assert redirects.get("errorstat_MOVED", {}).get("count", 0) > 0, redirects  # followed
 
 
+def test_primary_black_holed_mid_drain_replica_promoted_nothing_lost(
+    redis_cluster: RedisCluster, taskd: DaemonFactory
+) -> None:
+    """SIGSTOP of the primary serving the queue's slot: its port still accepts connections,
+    nothing answers. The consumers' calls end at their socket deadline, the cluster promotes
+    the replica, the consumers carry on there; every task done before the node is thawed
+    (it then rejoins as a replica)."""
+    queue = "{frozen}"
+    first = [f"slow:0.01:f{i}" for i in range(200)]
+    enqueue(taskd, redis_cluster, queue, *first)
+    primary = redis_cluster.node_of(queue)
+    deadline = ("--socket-timeout", "1.5", "--connect-timeout", "1")
+    for worker in ("one", "two"):
+        taskd.consume(
+            redis_cluster.url, "--queue", queue, *HANDLER, *deadline, "--worker-id", worker
+        )
+    wait_until(lambda: len(taskd.done_bodies()) >= 40, 20, "40 tasks done before the freeze")
+    primary.freeze()
+    try:
+        wait_until(lambda: redis_cluster.node_of(queue).port != primary.port, 20, "a new primary")
+        second = [f"g{i}" for i in range(50)]
+        enqueue(taskd, redis_cluster, queue, *second)
+        everything = set(first) | set(second)
+        wait_until(lambda: everything <= set(taskd.done_bodies()), 60, "every task done")
+        wait_until(lambda: not work_left(redis_cluster, queue), 10, "nothing left in flight")
+    finally:
+        primary.thaw()
+    redis_cluster.wait_ok(20)
+
+
 def test_primary_killed_mid_drain_replica_promoted_nothing_lost(
     redis_cluster: RedisCluster, taskd: DaemonFactory
 ) -> None:

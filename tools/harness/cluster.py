@@ -146,8 +146,8 @@ class RedisCluster:
         """A plain redis-py cluster client (for the tests' own checks), from the live nodes."""
         return redis.RedisCluster(
             startup_nodes=[ClusterNode("127.0.0.1", n.port) for n in self.live()],
-            socket_timeout=5,
-            socket_connect_timeout=5,
+            socket_timeout=1,  # short: a frozen node (SIGSTOP) must not hold up the checks
+            socket_connect_timeout=1,
             password=self.password,
         )
 
