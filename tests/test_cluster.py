@@ -149,6 +149,14 @@ def test_poison_task_dead_lettered_and_shown_by_status_and_dead_list(
     listed = taskd.run("dead", "list", "--redis-url", redis_cluster.url, "--queue", queue)
     assert listed.returncode == 0, listed.stderr
     assert b"fail:poison" in listed.stdout
+    requeued = taskd.run("dead", "requeue", "--redis-url", redis_cluster.url, "--queue", queue)
+    assert requeued.returncode == 0 and b"requeued 1 " in requeued.stdout, requeued.stdout
+
+    def attempts() -> int:
+        return sum(1 for _, phase, b in taskd.records() if phase == "start" and b == "fail:poison")
+
+    wait_until(lambda: attempts() == 6, 20, "3 more attempts after the requeue")
+    wait_until(lambda: node.llen(f"{queue}:dead") == 1, 20, "dead-lettered again")
 
 
 def test_sigterm_drains_the_task_in_hand_and_leaves_the_rest(
