@@ -16,14 +16,21 @@ from typing import Any, BinaryIO
 
 import redis
 
-from daemon import config, exitcodes
+from daemon import config, exitcodes, settings_rules
 from daemon.config import DECLARED, ConfigError, Settings
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the flags given (argparse leaves the others None) and the other sources."""
     flags = {name: getattr(args, name) for name in DECLARED if hasattr(args, name)}
-    return config.load(flags, config_path=args.config)
+    settings = config.load(flags, config_path=args.config)
+    rules = settings_rules.QUEUE_RULES if hasattr(args, "queues") else ()
+    rules += settings_rules.CHANNEL_RULES if hasattr(args, "channels") else ()
+    for rule in rules:  # the rules of the keys this verb uses (a cluster needs hash tags)
+        message = rule(settings)
+        if message:
+            raise ConfigError(message)
+    return settings
 
 
 def _setup_logging(settings: Settings) -> None:

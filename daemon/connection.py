@@ -249,12 +249,18 @@ def tls_kwargs(settings: Settings) -> dict[str, Any]:
 
 
 def make_client(settings: Settings, client_name: str | None = None) -> redis.Redis:
-    """A client for ``redis://``, ``rediss://``, ``unix://`` or Sentinel URLs, with deadlines.
+    """A client for ``redis://``, ``rediss://``, ``unix://``, Sentinel or Cluster URLs, with
+    deadlines.
 
     Its connections are taskd's (`SentTracking`), so every error says whether the command
-    was sent. Creating it does not connect; the first command does.
+    was sent. Creating it does not connect; the first command does (a cluster client reads
+    the slot map then: daemon/cluster.py).
     """
     target = redis_url.parse(settings.redis_url)
+    if target.cluster:
+        from daemon.cluster import LazyCluster  # the cluster module imports this one
+
+        return cast(redis.Redis, LazyCluster(settings, client_name))
     kwargs = client_kwargs(settings, client_name)
     if target.sentinel:
         return _sentinel_client(settings, target, kwargs)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon import lua
+from daemon.cluster import node_client
 from daemon.keys import QueueKeys, durable_queue
 from daemon.reliable import TOKEN_BYTES, digest
 
@@ -153,6 +154,8 @@ def _push_and_wait(
     _PUSH.check(2, len(args))
     if not wait_replicas:
         return int(script(keys=[keys.pending, keys.stamps], args=args))
+    client = node_client(client, queue)  # the WAIT on the push's connection (cluster: node)
+    script = client.register_script(_PUSH.source)
     pipe = client.pipeline(transaction=False)
     script(keys=[keys.pending, keys.stamps], args=args, client=pipe)
     pipe.wait(wait_replicas, wait_ms(wait_timeout))
@@ -182,6 +185,8 @@ def _schedule_and_wait(
     if not wait_replicas:
         size, due = script(keys=keys, args=args)
         return Scheduled(int(size), float(due), delay)
+    client = node_client(client, queue)  # the WAIT on the push's connection (cluster: node)
+    script = client.register_script(_ADD_DELAYED.source)
     pipe = client.pipeline(transaction=False)
     script(keys=keys, args=args, client=pipe)
     pipe.wait(wait_replicas, wait_ms(wait_timeout))
@@ -287,6 +292,7 @@ def publish(
     """
     if not durable:
         return int(client.publish(channel, _as_bytes(body)))
+    client = node_client(client, durable_queue(channel))  # MULTI on the list's node (cluster)
     if not wait_replicas:
         pipe = client.pipeline(transaction=True)
         pipe.lpush(durable_queue(channel), _as_bytes(body))

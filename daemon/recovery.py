@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from daemon import metrics
+from daemon.cluster import is_cluster
 from daemon.dead_letters import dead_letter_entry
 from daemon.inflight import Task
 from daemon.reliable import ReliableQueue, digest
@@ -53,9 +54,7 @@ class Recovery:
                 dead_lettered=len(recovered.doomed),
                 note="held when this worker last stopped; counted as a failed attempt",
             )
-            self.metrics[queue.keys.queue].recovered.inc(
-                recovered.returned + len(recovered.doomed)
-            )
+            self.metrics[queue.keys.queue].recovered.inc(recovered.returned + len(recovered.doomed))
         self.dead_letter_doomed(queue, recovered.doomed, self.worker)
 
     def recover_dead_peers(self) -> None:
@@ -129,7 +128,6 @@ class Recovery:
                     note="task moved to our processing list but the reply was lost; returned",
                 )
 
-
     def release(self, unstarted: list[tuple[ReliableQueue, bytes]]) -> None:
         """A drain: tasks claimed ahead and never started go back to the queue front, in
         their order, with no attempt counted (they were never tried)."""
@@ -146,13 +144,17 @@ class Recovery:
 
 
 class OrphanClaims:
-    """Our own claim connections, by server-side id: the only ones we may close."""
+    """Our own claim connections, by server-side id per node: the only ones we may close.
+
+    On a single Redis there is one node; on a cluster each id is kept with the address of the
+    node it was opened on (ids are per node), and closed there.
+    """
 
     def __init__(self, client: redis.Redis, worker: str, log: Any) -> None:
         self.client = client
         self.name = f"taskd-claim:{worker}"
         self.log = log
-        self.ids: set[int] = set()
+        self.ids: dict[tuple[str, int], set[int]] = {}
         _track_connection_ids(client, self.ids)
 
     def kill(self) -> None:
@@ -161,40 +163,62 @@ class OrphanClaims:
         Only connections this process opened (by server-side id): consumers of other queues
         may share our worker id, and so the connection name.
         """
-        if not self.ids:
+        for address, ids in list(self.ids.items()):
+            if ids:
+                self._kill_on(_node_client(self.client, address), ids)
+
+    def _kill_on(self, client: Any, ids: set[int]) -> None:
+        if client is None:
             return
         try:
-            me = self.client.client_id()
+            me = client.client_id()
             listed = set()
-            for info in self.client.client_list():
+            for info in client.client_list():
                 cid = int(info.get("id", me))
                 listed.add(cid)
-                if cid in self.ids and cid != me and info.get("name") == self.name:
-                    self.client.client_kill_filter(_id=str(cid))
+                if cid in ids and cid != me and info.get("name") == self.name:
+                    client.client_kill_filter(_id=str(cid))
                     self.log.info("redis.orphan_connection_closed", client_id=cid)
-            self.ids.intersection_update(listed)  # forget connections long gone
+            ids.intersection_update(listed)  # forget connections long gone
         except redis.RedisError as exc:  # NOPERM under a strict ACL: the reconcile still works
             self.log.debug("redis.orphan_check_skipped", error=str(exc))
 
 
-def _track_connection_ids(client: redis.Redis, ids: set[int]) -> None:
+def _node_client(client: Any, address: tuple[str, int]) -> Any:
+    """The client that talks to the node at `address`: `client` itself on a single Redis."""
+    if not is_cluster(client):
+        return client
+    node = client.get_node(host=address[0], port=address[1])
+    return client.get_redis_connection(node) if node is not None else None
+
+
+def _track_connection_ids(client: Any, ids: dict[tuple[str, int], set[int]]) -> None:
     """Record the server-side id (CLIENT ID) of every connection `client` opens.
 
-    Wraps the pool's connect hook: one command per new connection, none per task. Where an
-    ACL forbids CLIENT ID, nothing is recorded and no connection is ever closed.
+    Wraps the pool's connect hook (on a cluster, the cluster client's): one command per new
+    connection, none per task. Where an ACL forbids CLIENT ID, nothing is recorded and no
+    connection is ever closed.
     """
-    pool: Any = client.connection_pool
-    original = pool.connection_kwargs.get("redis_connect_func")
+    cluster = is_cluster(client)
+    if cluster:
+        original = client.user_on_connect_func
+    else:
+        pool: Any = client.connection_pool
+        original = pool.connection_kwargs.get("redis_connect_func")
 
     def connect(connection: Any) -> None:
         if original is not None:
             original(connection)
-        else:
+        elif not cluster:  # the cluster client has run on_connect already
             connection.on_connect()
+        address = (str(getattr(connection, "host", "")), int(getattr(connection, "port", 0) or 0))
         try:
             connection.send_command("CLIENT", "ID")
-            ids.add(int(connection.read_response()))
+            ids.setdefault(address, set()).add(int(connection.read_response()))
         except redis.ResponseError:
             pass
 
-    pool.connection_kwargs["redis_connect_func"] = connect
+    if cluster:
+        client.user_on_connect_func = connect
+    else:
+        pool.connection_kwargs["redis_connect_func"] = connect

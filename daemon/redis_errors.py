@@ -56,10 +56,35 @@ class SentinelAuthError(redis.AuthenticationError):
     """
 
 
+# Redis Cluster states that waiting cures: redis-py raises them with the code cut off the
+# message ("The cluster is down"), so they are known by type. A slot not covered, or no node
+# reachable for the slot map, is an outage (no answer); the others are refusals.
+_CLUSTER_REFUSALS = {
+    redis.exceptions.ClusterDownError: "CLUSTERDOWN",
+    redis.exceptions.TryAgainError: "TRYAGAIN",
+    redis.exceptions.AskError: "MOVED",  # MovedError too: redirected more than redis-py follows
+}
+
+
+def _cluster_unreachable(exc: BaseException) -> bool:
+    """A cluster client's "no answer": a slot no live node serves, or no node to ask."""
+    if isinstance(exc, redis.exceptions.SlotNotCoveredError):
+        return True
+    return isinstance(exc, redis.exceptions.RedisClusterException) and (
+        "cannot be connected" in str(exc) or "not covered" in str(exc)
+    )
+
+
+def _cluster_code(exc: BaseException) -> str:
+    return next((c for t, c in _CLUSTER_REFUSALS.items() if isinstance(exc, t)), "")
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when waiting and reconnecting can cure `exc` (network, restart, failover)."""
     if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthorizationError):
         return False
+    if _cluster_code(exc) or _cluster_unreachable(exc):
+        return True
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
         return not any(m in str(exc).lower() for m in _FATAL_CONNECT_MESSAGES)
     if isinstance(
@@ -93,6 +118,8 @@ def classify(exc: BaseException) -> Fault:
         return "fatal"
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
         return "unreachable"
+    if _cluster_unreachable(exc):
+        return "unreachable"
     return "refused"
 
 
@@ -123,6 +150,8 @@ def refusal_reason(exc: BaseException) -> str:
         return _REFUSALS["LOADING"]
     if isinstance(exc, redis.ReadOnlyError):
         return _REFUSALS["READONLY"]
+    if _cluster_code(exc):
+        return _REFUSALS.get(_cluster_code(exc), f"redirecting ({_cluster_code(exc)})")
     code = (str(exc).split(" ", 1)[0] or type(exc).__name__).upper()
     return _REFUSALS.get(code, f"refusing commands ({code})")
 
@@ -139,6 +168,8 @@ def maybe_applied(exc: BaseException) -> bool:
     answer of its type.
     """
     if isinstance(exc, redis.ResponseError | redis.exceptions.BusyLoadingError):
+        return False
+    if _cluster_unreachable(exc):  # raised by the cluster client before sending anything
         return False
     if getattr(exc, REFUSED, False):
         return False

@@ -8,6 +8,11 @@ Accepted forms::
     redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/master_name[/db]
         [?sentinel_password=P[&sentinel_username=U]]
     rediss+sentinel://...             (TLS to sentinels and master)
+    redis+cluster://[[user]:password@]host[:port][,host[:port]...][/]
+    rediss+cluster://...              (TLS to every node)
+
+A cluster URL names some of the cluster's nodes (any one that answers is enough: the client
+learns the others from it); a cluster has database 0 only.
 
 The user and password before ``@`` are those of the Redis master; the sentinels' own
 credentials (their ``requirepass`` / ACL user) go in the ``sentinel_password`` and
@@ -29,11 +34,20 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+SCHEMES = (
+    "redis",
+    "rediss",
+    "unix",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
+)
 EXPECTED = (
-    "expected redis://[user:password@]host:port/db, rediss://..., unix:///path.sock[?db=N] "
-    "or redis+sentinel://[user:password@]host:port[,host:port]/master[/db]"
-    "[?sentinel_password=P&sentinel_username=U]"
+    "expected redis://[user:password@]host:port/db, rediss://..., unix:///path.sock[?db=N], "
+    "redis+sentinel://[user:password@]host:port[,host:port]/master[/db]"
+    "[?sentinel_password=P&sentinel_username=U] "
+    "or redis+cluster://[user:password@]host:port[,host:port]"
 )
 QUERY_KEYS = {
     "redis": ("db",),
@@ -41,6 +55,8 @@ QUERY_KEYS = {
     "unix": ("db",),
     "redis+sentinel": ("db", "sentinel_password", "sentinel_username"),
     "rediss+sentinel": ("db", "sentinel_password", "sentinel_username"),
+    "redis+cluster": ("db",),
+    "rediss+cluster": ("db",),
 }
 
 
@@ -69,6 +85,10 @@ class RedisTarget:
     @property
     def sentinel(self) -> bool:
         return self.scheme.endswith("+sentinel")
+
+    @property
+    def cluster(self) -> bool:
+        return self.scheme.endswith("+cluster")
 
 
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
@@ -272,6 +292,10 @@ def parse(url: str) -> RedisTarget:
     path = path.strip("/")
     db = _db(path if path else query.get("db", ""), url)
     hosts = _hosts(hostpart, url, 6379)
+    if scheme.endswith("+cluster"):
+        if db != 0:
+            raise _fail(url, f"database {db}: a Redis Cluster has database 0 only")
+        return RedisTarget(scheme, hosts=hosts, username=username, password=password)
     if len(hosts) != 1:
         raise _fail(url, f"exactly one host expected; {EXPECTED}")
     return RedisTarget(scheme, hosts=hosts, db=db, username=username, password=password)

@@ -36,11 +36,19 @@ from typing import Any
 
 import redis
 
+from daemon.cluster import pool_for, refresh_slots
 from daemon.keys import QueueKeys
 from daemon.lua import Scripts
 from daemon.ownership import Owner
 from daemon.pipelined import ReplyLost, send_at_once
 from daemon.redis_errors import RedisFatalError
+
+# replies of a cluster node that does not (or no longer, or not yet) serve the slot
+_REDIRECTS = (
+    redis.exceptions.MovedError,
+    redis.exceptions.AskError,
+    redis.exceptions.TryAgainError,
+)
 
 TOKEN_BYTES = 8  # random prefix of a delayed member, so identical bodies never collapse
 TOKEN_CHARS = TOKEN_BYTES * 2
@@ -234,7 +242,9 @@ class ReliableQueue:
         if not items:
             return [], claimed
         acked = replies[0]
-        if isinstance(acked, redis.exceptions.NoScriptError):
+        if isinstance(acked, (redis.exceptions.NoScriptError, *_REDIRECTS)):
+            # a redirect: the slot moved (cluster) and nothing ran; the cluster client follows
+            # it (the claim after it did not run either: no task, nothing to reconcile)
             acked = self._run("ack_batch", self._ack_keys, ack_args)
         elif isinstance(acked, Exception):
             raise acked
@@ -253,7 +263,17 @@ class ReliableQueue:
         return (lmove, rest)
 
     def _send_pair(self, commands: tuple[tuple[Any, ...], ...]) -> list[Any]:
-        return send_at_once(self.client.connection_pool, commands)
+        """Written on one connection: on a cluster, one of the node serving the queue's slot
+        (every key of the queue is in it); a redirect or a broken connection re-reads the
+        slot map, so the next pair finds the slot's node (after a failover or resharding)."""
+        try:
+            replies = send_at_once(pool_for(self.client, self.keys.pending), commands)
+        except (redis.ConnectionError, redis.TimeoutError):
+            refresh_slots(self.client)
+            raise
+        if any(isinstance(reply, (ReplyLost, *_REDIRECTS)) for reply in replies):
+            refresh_slots(self.client)
+        return replies
 
     def fail(
         self, body: bytes, entry: bytes, max_attempts: int, retry_base: float, retry_cap: float

@@ -100,6 +100,55 @@ def no_queue_is_another_queues_key(s: Settings) -> str | None:
     return None
 
 
+def hash_tag(name: str) -> str | None:
+    """The hash tag of key `name` as Redis Cluster reads it: what lies between the first
+    ``{`` and the next ``}``, if not empty; None when the whole name is hashed."""
+    start = name.find("{")
+    end = name.find("}", start + 1) if start >= 0 else -1
+    return name[start + 1 : end] if end > start + 1 else None
+
+
+def _on_cluster(s: Settings) -> bool:
+    try:
+        return redis_url.parse(s.redis_url).cluster
+    except redis_url.RedisUrlError:
+        return False  # redis_url_parses says why
+
+
+def cluster_queues_have_hash_tags(s: Settings) -> str | None:
+    """On a Redis Cluster every key of a queue must share one slot (its scripts touch
+    several at once): the queue name carries a hash tag. Single-node names are unchanged."""
+    if not _on_cluster(s):
+        return None
+    for queue in s.queues:
+        if hash_tag(queue) is None:
+            return (
+                f"--queue={queue}: on a Redis Cluster a queue needs a hash tag, e.g. "
+                f"{{{queue}}}, so its keys share one slot"
+            )
+    return None
+
+
+def cluster_durable_channels_have_hash_tags(s: Settings) -> str | None:
+    """``--durable`` makes a queue of each channel (``<channel>:durable``): same rule."""
+    if not (s.durable and _on_cluster(s)):
+        return None
+    for channel in s.channels:
+        if hash_tag(channel) is None:
+            return (
+                f"--channel={channel} --durable: on a Redis Cluster a durable channel needs "
+                f"a hash tag, e.g. {{{channel}}}, so the keys of its list share one slot"
+            )
+    return None
+
+
+# Checked by the verbs that take --queue / --channel (daemon/commands.py): a verb that takes
+# no queue is not refused for the default queue name.
+QUEUE_RULES: tuple[Callable[[Settings], str | None], ...] = (cluster_queues_have_hash_tags,)
+CHANNEL_RULES: tuple[Callable[[Settings], str | None], ...] = (
+    cluster_durable_channels_have_hash_tags,
+)
+
 Rule = Callable[["Settings"], "str | None"]
 RULES: tuple[Rule, ...] = (
     redis_url_parses,

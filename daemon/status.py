@@ -19,6 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import redis
+
+from daemon.cluster import is_cluster
 from daemon.dead_letters import parse_dead_letter
 from daemon.keys import QueueKeys
 from daemon.reliable import digest
@@ -112,11 +115,15 @@ def queue_statuses(client: Any, queues: Sequence[str]) -> list[QueueStatus]:
             optional.add(len(pipe.command_stack))
             pipe.zscore(keys.stamps, digest(_bytes(head)))
     stamped = any(h is not None for h in heads)
-    if stamped:
+    separate = is_cluster(client)  # a cluster pipeline refuses TIME (no key, no node)
+    if stamped and not separate:
         optional.add(len(pipe.command_stack))
         pipe.time()
+    pipelined = stamped and not separate
     replies = _replies(pipe, optional.__contains__) if any(registered) or stamped else []
-    now = _known(replies[-1]) if stamped else None
+    now = _known(replies[-1]) if pipelined else None
+    if stamped and separate:
+        now = _cluster_time(client, queues[0])
     answers = iter(replies)
     rows: list[QueueStatus] = []
     for i, (queue, workers) in enumerate(zip(queues, registered, strict=True)):
@@ -143,6 +150,14 @@ def queue_statuses(client: Any, queues: Sequence[str]) -> list[QueueStatus]:
             )
         )
     return rows
+
+
+def _cluster_time(client: Any, queue: str) -> Any:
+    """TIME of the node serving `queue` (None when refused): the clock its stamps came from."""
+    try:
+        return client.time(target_nodes=client.get_node_from_key(queue))
+    except redis.RedisError:
+        return None
 
 
 def eviction_warning(policy: str) -> str:

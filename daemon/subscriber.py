@@ -25,6 +25,7 @@ from redis.backoff import AbstractBackoff
 from redis.client import PubSub
 
 from daemon import metrics
+from daemon.cluster import pool_for, refresh_slots
 from daemon.config import ConfigError, Settings
 from daemon.connection import make_client
 from daemon.handlers import Handler
@@ -186,7 +187,11 @@ class Subscriber(RedisLoop):
 
     def _subscribe(self) -> None:
         """A fresh connection, subscribed to everything; confirmations arrive as messages."""
-        pubsub = _PubSub(self.client.connection_pool, ignore_subscribe_messages=False)
+        # on a cluster classic PUBLISH reaches every node: any node's connection will do (the
+        # one serving the first name's slot, the slot map re-read first: a node may be gone)
+        refresh_slots(self.client)
+        first = (self.settings.channels or self.settings.patterns or ("",))[0]
+        pubsub = _PubSub(pool_for(self.client, first), ignore_subscribe_messages=False)
         try:
             if self.settings.channels:
                 pubsub.subscribe(*self.settings.channels)

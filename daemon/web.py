@@ -330,10 +330,14 @@ def app_from_env(env: Mapping[str, str] | None = None, configure_logging: bool =
     served. Raises WsgiConfigError with one line for any bad value, before any request.
     With `configure_logging`, taskd's log lines are JSON on stdout (TASKD_LOG_LEVEL/FORMAT).
     """
+    from daemon import settings_rules
     from daemon.config import load
 
     try:
         settings = load({}, env=env)
+        for rule in (*settings_rules.QUEUE_RULES, *settings_rules.CHANNEL_RULES):
+            if message := rule(settings):  # as `taskd web` checks them (daemon/commands.py)
+                raise ConfigError(message)
         if configure_logging:
             from daemon.logs import configure_logging as setup_logs
 

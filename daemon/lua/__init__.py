@@ -14,11 +14,14 @@ at load, the files themselves carry none (Redis 6.2 cannot parse it).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
+
+import redis
 
 ALLOW_OOM = "#!lua flags=allow-oom\n"
 
@@ -121,6 +124,13 @@ class Scripts:
         Otherwise the first call of each after a start or a Redis restart costs a NOSCRIPT
         round trip. A refused load (NOPERM) leaves that work to the NOSCRIPT fallback.
         """
+        from daemon.cluster import is_cluster
+
+        if is_cluster(self.client):  # a cluster: SCRIPT LOAD on every primary
+            for forms in self._forms.values():
+                with contextlib.suppress(redis.ResponseError):
+                    self.client.script_load(forms[self._flagged].script)
+            return
         pipe = self.client.pipeline(transaction=False)
         for forms in self._forms.values():
             pipe.script_load(forms[self._flagged].script)
