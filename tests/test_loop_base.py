@@ -10,21 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from test_faults import Log  # one recording logger for the loop tests
 
 from daemon.config import Settings
 from daemon.loop_base import RedisLoop
-
-
-class Log:
-    """Collects (event, fields) of every log call."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, dict[str, Any]]] = []
-
-    def _record(self, event: str, **fields: Any) -> None:
-        self.lines.append((event, fields))
-
-    debug = info = warning = error = _record
 
 
 class Scripted(RedisLoop):

@@ -10,12 +10,11 @@ import ast
 import dataclasses
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_config import _cli as _taskd  # one way to run the CLI in these tests
 
 from conftest import ROOT
 from daemon import cli, config, exitcodes, settings_rules
@@ -208,17 +207,6 @@ def test_nothing_in_the_product_package_imports_the_soak() -> None:
             if isinstance(node, ast.ImportFrom):
                 names = [node.module or "", *(f"{node.module}.{a.name}" for a in node.names)]
             assert not any(n.startswith("daemon.soak") for n in names), path.name
-
-
-def _taskd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", *args],
-        capture_output=True,
-        text=True,
-        cwd=str(ROOT),
-        timeout=30,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
-    )
 
 
 def test_soak_is_no_longer_a_verb() -> None:
