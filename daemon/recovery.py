@@ -45,7 +45,7 @@ class Recovery:
 
     def recover_own(self, queue: ReliableQueue) -> None:
         """At start: what our worker id's last process held, back to the queue (one attempt)."""
-        recovered = queue.recover_own(self.max_attempts, count_attempt=True)
+        recovered = queue.recover_own(self.max_attempts)
         if recovered.returned or recovered.doomed:
             self.log.warning(
                 "recovery.own_tasks",

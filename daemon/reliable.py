@@ -362,22 +362,13 @@ class ReliableQueue:
         self._check_owned(reply)
         return Recovered(int(reply[0]), [])
 
-    def recover_own(
-        self,
-        max_attempts: int,
-        count_attempt: bool = True,
-        keep: bytes | Sequence[bytes] | None = None,
-    ) -> Recovered:
+    def recover_own(self, max_attempts: int) -> Recovered:
         """At start: return what our previous process held, each a failed attempt.
 
         A task that kills its worker so ends in the dead letters: the doomed stay in our list
-        for `dead_letter`. `count_attempt=False` is `reconcile(keep)` (a bytes `keep` is
-        one body). Raises WorkerIdLost when another process holds our id.
+        for `dead_letter`. (Claims whose reply was lost count nothing: `reconcile`.)
+        Raises WorkerIdLost when another process holds our id.
         """
-        if not count_attempt:
-            return self.reconcile([keep] if isinstance(keep, bytes) else list(keep or ()))
-        if keep:
-            raise ValueError("recover_own counts an attempt for every task: nothing is kept")
         keys = [self.processing, self.keys.pending, self.keys.attempts, self.alive_key]
         reply = self._run("recover_own", keys, [max_attempts, self.owner_record])
         self._check_owned(reply)

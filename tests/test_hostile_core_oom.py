@@ -78,4 +78,4 @@ def test_scripts_without_allow_oom_flag_still_settle_on_a_full_redis(
     assert q.fail(b"b", b'{"error": "x"}', 1, 0.1, 0.1)[0] == "dead"
     (acked, _), following = q.ack_and_claim_next(b"zzz", scripted_claim=True)
     assert following == b"c" and not acked
-    assert q.recover_own(5, count_attempt=True).returned == 1
+    assert q.recover_own(5).returned == 1
