@@ -47,18 +47,9 @@ class Settler:
 
         def ack() -> tuple[list[tuple[bool, int]], list[bytes]]:
             if not claim:
-                if len(done) == 1:
-                    return [queue.ack(done[0].body)], []
-                return queue.ack_batch(items), []
+                return queue.ack_batch(items), []  # the digests are known: not hashed again
             scripted = self.c.claimer.scripted()
-            if len(done) == 1 and claim == 1:
-                outcome, following = queue.ack_and_claim_next(
-                    done[0].body, done[0].digest, scripted_claim=scripted
-                )
-                bodies = [following] if following is not None else []
-                outcomes = [outcome]
-            else:
-                outcomes, bodies = queue.ack_batch_and_claim(items, claim, scripted_claim=scripted)
+            outcomes, bodies = queue.ack_batch_and_claim(items, claim, scripted_claim=scripted)
             self.c.claimer.memory_seen(queue.claim_refused_oom)
             if queue.claim_lost:
                 self.c.claim_reply_lost()

@@ -121,7 +121,7 @@ def test_pubsub_connection_is_not_reconnected_behind_the_loops_back(
     redis_server: RedisServer,
 ) -> None:
     """redis-py reconnects (and re-subscribes) inside a failed pubsub call; ours must not."""
-    settings = Settings(redis_url=redis_server.url, worker_id="t").with_derived()
+    settings = Settings(redis_url=redis_server.url, worker_id="t")
     client = make_client(settings, client_name="taskd-sub:t")
     pubsub = _PubSub(client.connection_pool)
     pubsub.subscribe(C)

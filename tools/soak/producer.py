@@ -57,7 +57,7 @@ class Producer(threading.Thread):
 
         settings = Settings(
             redis_url=redis_url, block_timeout=1.0, socket_timeout=2.0, connect_timeout=1.0
-        ).with_derived()
+        )
         self.client = make_client(settings, client_name="taskd-soak-producer")
         self.queue = queue
         self.channel = channel
