@@ -176,7 +176,7 @@ def _consumer_with_lost_reply(server: RedisServer, method: str, bodies: list[str
 
 def test_lost_ack_reply_with_duplicate_bodies_loses_nothing(redis_server: RedisServer) -> None:
     handled = _consumer_with_lost_reply(
-        redis_server, "ack_and_claim_next", ["first", "dup", "dup", "last"]
+        redis_server, "ack_batch_and_claim", ["first", "dup", "dup", "last"]
     )
     # every pushed copy is handled at least once: the unseen second "dup" is not acked away
     assert handled.count(b"dup") >= 2 and b"first" in handled and b"last" in handled
