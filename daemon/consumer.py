@@ -374,4 +374,3 @@ class Consumer(RedisLoop):
                 error=str(exc),
                 note="heartbeat expires by itself; a peer or the next start recovers the rest",
             )
-

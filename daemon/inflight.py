@@ -243,9 +243,7 @@ class AsyncSlots:
             self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-def make_slots(
-    concurrency: int, handler: Callable[[bytes], object], runs: Runs, log: Any
-) -> Slots:
+def make_slots(concurrency: int, handler: Callable[[bytes], object], runs: Runs, log: Any) -> Slots:
     """The slots for --concurrency: inline for 1, else threads or one event loop."""
     if concurrency <= 1:
         return InlineSlot(handler, runs)

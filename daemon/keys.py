@@ -10,6 +10,32 @@ from dataclasses import dataclass
 
 DEFAULT_QUEUE = "task:prodcons:queue"
 DEFAULT_CHANNEL = "task:pubsub:channel"
+MAX_SHARDS = 1024  # --shards: far beyond 16384 slots / primaries, and bounded work per turn
+
+
+def hash_tag(name: str) -> str | None:
+    """The hash tag of key `name` as Redis Cluster reads it: what lies between the first
+    ``{`` and the next ``}``, if not empty; None when the whole name is hashed."""
+    start = name.find("{")
+    end = name.find("}", start + 1) if start >= 0 else -1
+    return name[start + 1 : end] if end > start + 1 else None
+
+
+def shard_names(queue: str, shards: int) -> tuple[str, ...]:
+    """The queues one logical queue is spread over (``--shards``): the queue itself when 1.
+
+    Shard i of ``P{T}S`` is ``P{T:i}S`` and of an untagged ``Q`` is ``{Q:i}``: each shard's
+    own hash tag, so each shard is one slot of its own (all of a shard's keys in it), and the
+    shards of a queue spread over a cluster's primaries. The same names on a single Redis.
+    """
+    if shards == 1:
+        return (queue,)
+    tag = hash_tag(queue)
+    if tag is None:
+        return tuple(f"{{{queue}:{i}}}" for i in range(shards))
+    start = queue.find("{")
+    end = start + 1 + len(tag)
+    return tuple(f"{queue[: start + 1]}{tag}:{i}{queue[end:]}" for i in range(shards))
 
 
 def durable_queue(channel: str) -> str:

@@ -227,7 +227,6 @@ def read_progress_file(path: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-
 def _exit_stalled() -> None:
     """Exit 70 at once: no flush, since a flush to a blocked stdout would never return."""
     os._exit(exitcodes.STALLED)

@@ -334,9 +334,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
         _redact_secrets,
     ]
     renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=False)
-        if use_console
-        else _render_json_text
+        structlog.dev.ConsoleRenderer(colors=False) if use_console else _render_json_text
     )
     formatter = _NeverRaisingFormatter(  # third-party records only
         foreign_pre_chain=shared,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from daemon import redis_url, settings_rules
-from daemon.keys import DEFAULT_CHANNEL, DEFAULT_QUEUE
+from daemon.keys import DEFAULT_CHANNEL, DEFAULT_QUEUE, MAX_SHARDS, shard_names
 from daemon.settings_spec import (
     CONNECTED,
     CONSUME,
@@ -43,6 +43,7 @@ from daemon.settings_spec import (
 SOCKET_MARGIN = 5.0  # default socket timeout = block timeout + this
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
+PUBSUB_KINDS = ("auto", "classic", "sharded")
 # Linux's own limits (TCP_KEEPIDLE/TCP_KEEPINTVL <= 32767 s, TCP_KEEPCNT <= 127): beyond them
 # setsockopt fails with EINVAL, which would look like an unreachable Redis retried for ever.
 MAX_KEEPALIVE_SECONDS = 32767
@@ -190,6 +191,18 @@ class Settings:
             WEB: "queue that /prodcons pushes onto",
         },
     )
+    shards: int = setting(
+        1,
+        "spread each queue over N shards {Q:0} .. {Q:N-1}, each in a cluster slot of its "
+        "own: producers push onto them in turn, consumers serve all of them",
+        Whole(f"a whole number 1-{MAX_SHARDS}", high=MAX_SHARDS),
+        (CONSUME, ENQUEUE, STATUS, DEAD, WEB),
+        metavar="N",
+        verb_help={
+            STATUS: "show each queue as its N shards, and their sum",
+            DEAD: "act on the dead letters of each of the queue's N shards",
+        },
+    )
     channels: tuple[str, ...] = setting(
         (DEFAULT_CHANNEL,),
         "channel to subscribe to; repeat for several",
@@ -204,6 +217,15 @@ class Settings:
         Names("channel patterns such as news.*"),
         (SUBSCRIBE,),
         flag="pattern",
+    )
+    pubsub: str = setting(
+        "auto",
+        "pub/sub kind: classic (PUBLISH/SUBSCRIBE), sharded (SPUBLISH/SSUBSCRIBE, Redis 7 "
+        "cluster shards) or auto (publish sharded on a cluster whose nodes have it, else "
+        "classic; subscribe to both there)",
+        Choice("auto, classic or sharded", example="classic", choices=PUBSUB_KINDS),
+        (SUBSCRIBE, PUBLISH, WEB),
+        metavar="KIND",
     )
     ping_interval: float = setting(
         5.0,
@@ -360,6 +382,16 @@ class Settings:
         for name, row in rows(Settings).items():
             if row.derive is not None and is_derived_unset(getattr(self, name)):
                 object.__setattr__(self, name, row.derive(self))
+
+    @property
+    def queue_shards(self) -> tuple[tuple[str, ...], ...]:
+        """Each queue named, as the queues it is spread over (itself alone without --shards)."""
+        return tuple(shard_names(queue, self.shards) for queue in self.queues)
+
+    @property
+    def served_queues(self) -> tuple[str, ...]:
+        """The Redis queues behind the names: every shard of every queue, in order."""
+        return tuple(name for shards in self.queue_shards for name in shards)
 
     def with_derived(self) -> Settings:
         """Kept for callers: derived settings are computed at construction now."""

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from daemon import redis_url
-from daemon.keys import QueueKeys
+from daemon.keys import QueueKeys, hash_tag, shard_names
 
 if TYPE_CHECKING:
     from daemon.settings import Settings
@@ -89,8 +89,15 @@ def queue_names_have_no_spaces(s: Settings) -> str | None:
 
 def no_queue_is_another_queues_key(s: Settings) -> str | None:
     """Serving `q:dead` next to `q` would consume q's dead letters as tasks."""
-    for queue in s.queues:
-        for other in s.queues:
+    served = s.served_queues
+    if len(set(served)) < len(served):
+        twice = next(q for q in served if served.count(q) > 1)
+        return (
+            f"--queue={twice!r}: served twice (a queue named twice, or also the shard of "
+            f"another with --shards={s.shards}); expected each queue once"
+        )
+    for queue in served:
+        for other in served:
             if other != queue and QueueKeys(other).owns(queue):
                 return (
                     f"--queue={queue!r}: that is a key of queue {other!r} (its dead letters, "
@@ -98,14 +105,6 @@ def no_queue_is_another_queues_key(s: Settings) -> str | None:
                     "queue's key"
                 )
     return None
-
-
-def hash_tag(name: str) -> str | None:
-    """The hash tag of key `name` as Redis Cluster reads it: what lies between the first
-    ``{`` and the next ``}``, if not empty; None when the whole name is hashed."""
-    start = name.find("{")
-    end = name.find("}", start + 1) if start >= 0 else -1
-    return name[start + 1 : end] if end > start + 1 else None
 
 
 def _on_cluster(s: Settings) -> bool:
@@ -120,11 +119,24 @@ def cluster_queues_have_hash_tags(s: Settings) -> str | None:
     several at once): the queue name carries a hash tag. Single-node names are unchanged."""
     if not _on_cluster(s):
         return None
-    for queue in s.queues:
+    for queue in s.served_queues:
         if hash_tag(queue) is None:
             return (
                 f"--queue={queue}: on a Redis Cluster a queue needs a hash tag, e.g. "
                 f"{{{queue}}}, so its keys share one slot"
+            )
+    return None
+
+
+def shards_have_slots_of_their_own(s: Settings) -> str | None:
+    """Each shard of a queue hashes by a tag of its own, or they would all share one slot."""
+    for queue in s.queues:
+        names = shard_names(queue, s.shards)
+        tags = {hash_tag(name) for name in names}
+        if len(names) > 1 and (None in tags or len(tags) < len(names)):
+            return (
+                f"--queue={queue} --shards={s.shards}: its braces leave the shards one hash "
+                "tag; expected a name with one hash tag, e.g. {orders}, or no braces"
             )
     return None
 
@@ -159,5 +171,6 @@ RULES: tuple[Rule, ...] = (
     backoff_cap_is_at_least_its_base,
     retry_cap_is_at_least_its_base,
     queue_names_have_no_spaces,
+    shards_have_slots_of_their_own,
     no_queue_is_another_queues_key,
 )

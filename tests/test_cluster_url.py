@@ -6,8 +6,9 @@ import pytest
 import redis
 
 from daemon import config, redis_url
+from daemon.keys import hash_tag
 from daemon.redis_errors import classify, maybe_applied
-from daemon.settings_rules import cluster_queues_have_hash_tags, hash_tag
+from daemon.settings_rules import cluster_queues_have_hash_tags
 
 
 def test_cluster_url_names_its_nodes_and_credentials() -> None:

@@ -40,7 +40,12 @@ def _duties(held: list[Any], **values: str) -> tuple[Duties, Recorder, list[floa
     # never connected: no recovery look (not what these tests check), so no Recovery either
     link = LinkState(make_backoff(settings), structlog.get_logger())
     duties = Duties(
-        settings, [queue], None, link, lambda: held, lambda: now[0]  # type: ignore[arg-type]
+        settings,
+        [queue],
+        None,
+        link,
+        lambda: held,
+        lambda: now[0],  # type: ignore[arg-type]
     )
     duties.beaten(0.0)  # as at startup
     return duties, queue, now
