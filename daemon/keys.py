@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 DEFAULT_QUEUE = "task:prodcons:queue"
 DEFAULT_CHANNEL = "task:pubsub:channel"
-MAX_SHARDS = 1024  # --shards: far beyond 16384 slots / primaries, and bounded work per turn
+MAX_SHARDS = 128  # --shards: a few per primary; an idle consumer blocks on each in turn
 
 
 def hash_tag(name: str) -> str | None:

@@ -63,7 +63,7 @@ class QueueDepthCollector(Collector):
             )
             client = make_client(quick, client_name=f"taskd-metrics:{settings.worker_id}")
         self.client = client
-        self.queues: tuple[str, ...] = tuple(settings.queues)
+        self.queues: tuple[str, ...] = settings.served_queues  # each shard: a label value
         self.deadline = deadline
         self.clock = clock
         self.errors = 0
