@@ -267,6 +267,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     client = _client(settings)
     rows = [queue_status(client, q, settings.shards) for q in settings.queues]
+    _warn_unserved_shards(client, settings)
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
         return exitcodes.OK
@@ -319,6 +320,21 @@ def _requeue_dead(client: Any, queue: str) -> tuple[int, int]:
             continue
         requeued += reliable.requeue_dead(entry, body)
     return requeued, skipped
+
+
+def _warn_unserved_shards(client: Any, settings: Settings) -> None:
+    """Tasks on the shard past the ones asked for: more shards than --shards, or unsharded."""
+    from daemon.keys import unserved_shard
+
+    for queue in settings.queues:
+        shard = unserved_shard(queue, settings.shards)
+        waiting = int(client.llen(shard))
+        if waiting:
+            print(
+                f"warning: {shard} holds {waiting} task(s): {queue} has more shards than "
+                f"--shards={settings.shards}; give producers and consumers the same --shards",
+                file=sys.stderr,
+            )
 
 
 def cmd_dead(args: argparse.Namespace) -> int:

@@ -124,7 +124,7 @@ class Consumer(RedisLoop):
             self.queues, self.worker, settings.max_attempts, self.metrics, self.log
         )
         self.duties = Duties(
-            settings, self.queues, self.recovery, self.link, lambda: self.held, clock
+            settings, self.queues, self.recovery, self.link, lambda: self.held, clock, self.log
         )
         self.settler = Settler(self)
         self.slots: Slots = InlineSlot(handler, self._runs())  # begin() makes the real ones

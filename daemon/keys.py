@@ -38,6 +38,14 @@ def shard_names(queue: str, shards: int) -> tuple[str, ...]:
     return tuple(f"{queue[: start + 1]}{tag}:{i}{queue[end:]}" for i in range(shards))
 
 
+def unserved_shard(queue: str, shards: int) -> str:
+    """The first shard of `queue` past the `shards` served: tasks there mean producers were
+    given more shards than the consumers (or shards, and the consumers none)."""
+    if shards == 1:
+        return shard_names(queue, 2)[0]
+    return shard_names(queue, shards + 1)[shards]
+
+
 def durable_queue(channel: str) -> str:
     """The list that `publish --durable` also pushes each message of `channel` onto."""
     return f"{channel}:durable"

@@ -197,3 +197,17 @@ def _shards_of(client: object) -> list[str]:
         for entry in client.lrange(f"{shard}:dead", 0, -1):  # type: ignore[attr-defined]
             found[json.loads(entry)["body"]] = shard
     return [found[f"fail:{x}"] for x in "abc"]
+
+
+@pytest.mark.parametrize(("served", "past"), [((), "{orders:0}"), (("--shards", "2"), SHARDS[2])])
+def test_tasks_on_a_shard_past_the_ones_served_are_warned_of_not_left_silently(
+    redis_server: RedisServer, taskd: DaemonFactory, served: tuple[str, ...], past: str
+) -> None:
+    """Producers given --shards 3, consumers fewer (or none): the tasks past them are said."""
+    redis_server.client().lpush(past, "stranded")
+    url = ("--redis-url", redis_server.url)
+    status = taskd.run("status", *url, "--queue", "orders", *served)
+    assert f"warning: {past} holds 1 task(s)" in status.stderr.decode()
+    consumer = taskd.consume(redis_server.url, "--queue", "orders", *served, *HANDLER)
+    (line,) = consumer.wait_for_event("queue.unserved_shard", 15)
+    assert (line["shard"], line["waiting"], line["queue"]) == (past, 1, "orders")
