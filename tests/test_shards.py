@@ -8,11 +8,12 @@ from __future__ import annotations
 import itertools
 import json
 import signal
+import urllib.request
 from collections import Counter
 
 import pytest
 
-from conftest import DaemonFactory, RedisServer, wait_until
+from conftest import DaemonFactory, RedisServer, free_port, wait_until
 from daemon import exitcodes
 from daemon.claims import SHARD_TURN, ShardTurns
 from daemon.keys import shard_names
@@ -208,6 +209,14 @@ def test_tasks_on_a_shard_past_the_ones_served_are_warned_of_not_left_silently(
     url = ("--redis-url", redis_server.url)
     status = taskd.run("status", *url, "--queue", "orders", *served)
     assert f"warning: {past} holds 1 task(s)" in status.stderr.decode()
-    consumer = taskd.consume(redis_server.url, "--queue", "orders", *served, *HANDLER)
+    port = free_port()
+    consumer = taskd.consume(
+        redis_server.url, "--queue", "orders", *served, *HANDLER, "--metrics-port", str(port)
+    )
     (line,) = consumer.wait_for_event("queue.unserved_shard", 15)
     assert (line["shard"], line["waiting"], line["queue"]) == (past, 1, "orders")
+    # exported as a queue with a pending task and no live worker: TaskdNoLiveConsumers
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        page = reply.read().decode()
+    assert f'taskd_queue_depth{{queue="{past}",state="pending"}} 1.0' in page
+    assert f'taskd_queue_workers_alive{{queue="{past}"}} 0.0' in page
