@@ -7,8 +7,9 @@ asks `run(now)` once per turn (cheap while nothing is due) and the rest happens 
 Heartbeat: every second while the worker holds tasks; while idle, only as often as it takes
 to outlive the next blocking claim with IDLE_BEAT_MARGIN to spare. The TTL, and so how soon a
 dead worker is found, stays as set; an idle worker just sends fewer commands. Likewise an idle
-worker promotes due retries at every turn, as a busy one does every second, but looks first
-whether anything is delayed at all (one EXISTS), and the periodic reconciliation first looks
+worker promotes due retries about once per block timeout (every turn of one queue), a busy
+one every second, and looks first whether anything is delayed at all (one EXISTS per
+queue), and the periodic reconciliation first looks
 whether the processing list holds more than the worker knows of (one LLEN). Every
 UNSERVED_EVERY seconds one LLEN per queue looks at the shard past the ones served: tasks
 there (producers given more --shards than the consumers) are said in a warning.
@@ -56,6 +57,10 @@ class Duties:
         self._next: dict[str, float] = {}
         self._after = 0.0  # nothing is due before this
         self._beat_at = 0.0  # when the heartbeat was last sent
+        self._promoted_at = -PROMOTE_EVERY  # when due retries were last looked for
+        # idle: about once per blocking claim of the whole queue (an idle consumer of N
+        # shards blocks on each for block timeout / N: it need not look N times as often)
+        self._idle_promote_every = max(PROMOTE_EVERY, 0.9 * settings.block_timeout)
         self._unserved: set[str] = set()  # shards past ours found holding tasks
         self.log = log
 
@@ -65,9 +70,10 @@ class Duties:
             return False
         self._after = now + MAINTAIN_GRANULARITY
         sent = self.beat_if_due(now)
-        if self._due("promote", PROMOTE_EVERY, now):
+        idle = not self.held()
+        if now - self._promoted_at >= (self._idle_promote_every if idle else PROMOTE_EVERY):
+            self._promoted_at = now
             sent = True
-            idle = not self.held()
             for queue in self.queues:
                 # idle: one EXISTS instead of the script (TIME + ZRANGEBYSCORE) when nothing
                 # is delayed; whether something is due is the script's call (Redis's clock)
