@@ -50,3 +50,24 @@ def test_a_sharded_queue_spreads_over_the_primaries_and_drains_once_each(
         json.loads(line) for line in taskd.run("dead", "list", *url, *SHARDED).stdout.splitlines()
     ]
     assert letter["body"] == "fail:poison" and letter["shard"] in SHARDS
+
+
+def test_the_web_app_pushes_onto_every_shard_in_turn_and_reports_their_sum(
+    redis_cluster: RedisCluster,
+) -> None:
+    from daemon import config
+    from daemon.web import create_app
+
+    queue = "{webshop}"
+    shards = shard_names(queue, 3)
+    values = {"redis_url": redis_cluster.url, "queues": (queue,), "shards": 3}
+    web = create_app(config.load(values, env={})).test_client()
+    answers = [web.post("/api/tasks", json={"queue": queue, "body": f"t{i}"}) for i in range(6)]
+    assert [a.status_code for a in answers] == [202] * 6
+    assert Counter(a.get_json()["shard"] for a in answers) == {s: 2 for s in shards}
+    delayed = web.post("/api/tasks", json={"queue": queue, "body": "later", "delay": 60})
+    assert delayed.status_code == 202 and delayed.get_json()["shard"] in shards
+    assert web.get("/prodcons").status_code == 302
+    (row,) = web.get("/api/queues").get_json()["queues"]
+    assert (row["queue"], row["pending"], row["delayed"]) == (queue, 7, 1)
+    assert sum(redis_cluster.node_of(s).client().llen(s) for s in shards) == 7
