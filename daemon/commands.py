@@ -273,13 +273,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         return exitcodes.OK
     for row in rows:
         over = f" (sum of {len(row.shards)} shards)" if row.shards else ""
+        node = f" on {row.node}" if row.node else ""
         print(
-            f"queue {row.queue}{over}: pending {row.pending}  processing {row.processing}  "
-            f"delayed {row.delayed}  dead {row.dead}"
+            f"queue {row.queue}{over}{node}: pending {row.pending}  processing "
+            f"{row.processing}  delayed {row.delayed}  dead {row.dead}"
         )
         for shard in row.shards:
+            node = f" on {shard['node']}" if shard["node"] else ""
             print(
-                f"  shard {shard['queue']}: pending {shard['pending']}  processing "
+                f"  shard {shard['queue']}{node}: pending {shard['pending']}  processing "
                 f"{shard['processing']}  delayed {shard['delayed']}  dead {shard['dead']}"
             )
         if row.oldest_age_seconds is not None:

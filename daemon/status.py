@@ -48,6 +48,8 @@ class QueueStatus:
     oldest_age_seconds: float | None = None
     # A queue spread over shards (--shards): each shard's own status; the fields above sum them.
     shards: list[dict[str, Any]] = field(default_factory=list)
+    # On a Redis Cluster: host:port of the primary serving the queue's slot, as last known.
+    node: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,6 +129,7 @@ def queue_statuses(client: Any, queues: Sequence[str]) -> list[QueueStatus]:
     if stamped and separate:
         now = _cluster_time(client, queues[0])
     answers = iter(replies)
+    nodes = [_node_of(client, queue) if separate else "" for queue in queues]
     rows: list[QueueStatus] = []
     for i, (queue, workers) in enumerate(zip(queues, registered, strict=True)):
         table: list[dict[str, Any]] = [
@@ -149,9 +152,19 @@ def queue_statuses(client: Any, queues: Sequence[str]) -> list[QueueStatus]:
                 dead=int(dead),
                 workers=table,
                 oldest_age_seconds=age,
+                node=nodes[i],
             )
         )
     return rows
+
+
+def _node_of(client: Any, queue: str) -> str:
+    """host:port of the primary serving `queue` (the cluster client's slot map: no command)."""
+    try:
+        node = client.get_node_from_key(queue)
+    except (redis.RedisError, AttributeError):
+        return ""
+    return f"{node.host}:{node.port}"
 
 
 def summed(queue: str, rows: Sequence[QueueStatus]) -> QueueStatus:

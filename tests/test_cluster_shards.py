@@ -45,6 +45,10 @@ def test_a_sharded_queue_spreads_over_the_primaries_and_drains_once_each(
     (row,) = json.loads(status.stdout)
     assert (row["queue"], row["pending"], row["processing"], row["dead"]) == ("{orders}", 0, 0, 1)
     assert sorted(s["queue"] for s in row["shards"]) == sorted(SHARDS)
+    served_by = {s["queue"]: s["node"] for s in row["shards"]}  # which primary serves each
+    assert served_by == {s: f"127.0.0.1:{redis_cluster.node_of(s).port}" for s in SHARDS}
+    text = taskd.run("status", *url, *SHARDED).stdout.decode()
+    assert f"shard {SHARDS[1]} on {served_by[SHARDS[1]]}: pending 0" in text, text
     assert {w["worker"] for w in row["workers"]} == {"one", "two"}
     (letter,) = [
         json.loads(line) for line in taskd.run("dead", "list", *url, *SHARDED).stdout.splitlines()
