@@ -135,38 +135,60 @@ class LinkPlan:
             | {("ssubscribe", c) for group in self.shard_groups for c in group}
         )
 
+    def merged(self, more: LinkPlan) -> LinkPlan:
+        """This link with `more`'s subscriptions added (sent on the same connection)."""
+        return dataclasses.replace(
+            self,
+            channels=self.channels + more.channels,
+            patterns=self.patterns + more.patterns,
+            shard_groups=self.shard_groups + more.shard_groups,
+        )
+
+    def without_shard(self, channel: str) -> LinkPlan:
+        """This link once the server ended its sharded subscription to `channel`."""
+        groups = (tuple(c for c in group if c != channel) for group in self.shard_groups)
+        return dataclasses.replace(self, shard_groups=tuple(g for g in groups if g))
+
+
+def wanted(
+    listen: str, channels: tuple[str, ...], patterns: tuple[str, ...]
+) -> set[tuple[str, str]]:
+    """Every (confirmation type, name) a subscriber listening with `listen` must hold."""
+    names = set()
+    if listen in (CLASSIC, BOTH):
+        names |= {("subscribe", c) for c in channels}
+    if listen in (SHARDED, BOTH):
+        names |= {("ssubscribe", c) for c in channels}
+    return names | {("psubscribe", p) for p in patterns}
+
 
 def plan_links(
-    client: Any, listen: str, channels: tuple[str, ...], patterns: tuple[str, ...]
+    client: Any, sharded: tuple[str, ...], classic: tuple[str, ...], patterns: tuple[str, ...]
 ) -> list[LinkPlan]:
-    """The connections a subscriber needs now (the slot map read before, by the caller).
+    """The connections for these subscriptions (the slot map read before, by the caller).
 
-    Classic: one, to the node serving the first name's slot (any node hears every message).
-    Sharded (or BOTH): one per node serving some channel's slot, each with one SSUBSCRIBE per
-    slot; BOTH adds the classic SUBSCRIBE/PSUBSCRIBE to the first channel's link.
+    `sharded` channels: one link per node serving some of their slots, one SSUBSCRIBE per
+    slot. `classic` channels and `patterns` (any node hears every classic message) go on the
+    link of the first sharded channel's node, or alone on the node of the first name's slot.
     """
-    first = (channels or patterns or ("",))[0]
-    if listen == CLASSIC or not channels:  # patterns alone: classic only (none sharded)
-        return [LinkPlan(pool_for(client, first), _node_name(client, first), channels, patterns)]
-    by_node: dict[str, dict[int, list[str]]] = {}
-    pools: dict[str, Any] = {}
-    for channel in channels:
+    plans: dict[str, LinkPlan] = {}
+    slots: dict[str, dict[int, list[str]]] = {}
+    for channel in sharded:
         node = _node_name(client, channel)
-        pools.setdefault(node, pool_for(client, channel))
-        by_node.setdefault(node, {}).setdefault(key_slot(channel.encode()), []).append(channel)
-    plans = []
-    for n, (node, slots) in enumerate(by_node.items()):
-        classic = listen == BOTH and n == 0  # the first channel's node: dicts keep the order
-        plans.append(
-            LinkPlan(
-                pools[node],
-                node,
-                channels if classic else (),
-                patterns if classic else (),
-                tuple(tuple(group) for group in slots.values()),
-            )
-        )
-    return plans
+        if node not in plans:
+            plans[node] = LinkPlan(pool_for(client, channel), node)
+        slots.setdefault(node, {}).setdefault(key_slot(channel.encode()), []).append(channel)
+    for node, groups in slots.items():
+        shard_groups = tuple(tuple(group) for group in groups.values())
+        plans[node] = dataclasses.replace(plans[node], shard_groups=shard_groups)
+    if classic or patterns:
+        home = next(iter(plans), None)  # dicts keep the order: the first sharded channel's
+        if home is None:
+            first = (classic or patterns)[0]
+            home = _node_name(client, first)
+            plans[home] = LinkPlan(pool_for(client, first), home)
+        plans[home] = dataclasses.replace(plans[home], channels=classic, patterns=patterns)
+    return list(plans.values())
 
 
 def _node_name(client: Any, key: str) -> str:

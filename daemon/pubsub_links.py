@@ -87,8 +87,26 @@ class PingDeadline:
         return None
 
 
+def blamed(exc: BaseException) -> Link | None:
+    """The link whose operation raised `exc` (None: raised outside any one link)."""
+    link = getattr(exc, _BLAMED, None)
+    return link if isinstance(link, Link) else None
+
+
+def blame(link: Link, exc: BaseException) -> BaseException:
+    setattr(exc, _BLAMED, link)
+    return exc
+
+
+_BLAMED = "_taskd_pubsub_link"
+
+
 class Link:
-    """One subscribed connection: what it subscribes to, its PING deadline, what is unconfirmed."""
+    """One subscribed connection: what it subscribes to, its PING deadline, what is unconfirmed.
+
+    Whatever one of its operations raises names it (`blamed`), so the loop drops that link
+    alone and keeps the others listening.
+    """
 
     def __init__(self, plan: LinkPlan, ping_interval: float, now: float) -> None:
         self.plan = plan
@@ -97,32 +115,62 @@ class Link:
         self.unconfirmed = plan.confirmations
 
     def subscribe(self) -> None:
-        """Send every SUBSCRIBE, PSUBSCRIBE and SSUBSCRIBE; confirmations arrive as messages."""
-        if self.plan.channels:
-            self.pubsub.subscribe(*self.plan.channels)
-        if self.plan.patterns:
-            self.pubsub.psubscribe(*self.plan.patterns)
-        for group in self.plan.shard_groups:  # SSUBSCRIBE: the channels of one slot at a time
-            self.pubsub.ssubscribe(*group)
+        """Send this link's SUBSCRIBE, PSUBSCRIBE and SSUBSCRIBEs; confirmations come later."""
+        self._send(self.plan)
+
+    def add(self, more: LinkPlan) -> None:
+        """Subscribe to `more` on this (live) connection too."""
+        self._send(more)
+        self.plan = self.plan.merged(more)
+        self.unconfirmed |= more.confirmations
+
+    def forget_shard(self, channel: str) -> None:
+        """The server ended the sharded subscription to `channel` (its slot moved away)."""
+        self.plan = self.plan.without_shard(channel)
+        self.unconfirmed.discard(("ssubscribe", channel))
+
+    def _send(self, plan: LinkPlan) -> None:
+        try:
+            if plan.channels:
+                self.pubsub.subscribe(*plan.channels)
+            if plan.patterns:
+                self.pubsub.psubscribe(*plan.patterns)
+            for group in plan.shard_groups:  # SSUBSCRIBE: the channels of one slot at a time
+                self.pubsub.ssubscribe(*group)
+        except Exception as exc:
+            blame(self, exc)
+            raise
 
     def check(self, now: float) -> None:
         """PING when due; raise SubscriptionSilent when silent past the deadline."""
-        if self.deadline.ping_due(now):
-            self.pubsub.ping(PING_TOKEN)
-            self.deadline.pinged(now)
-        silence = self.deadline.silence(now)
+        try:
+            if self.deadline.ping_due(now):
+                self.pubsub.ping(PING_TOKEN)
+                self.deadline.pinged(now)
+            silence = self.deadline.silence(now)
+        except Exception as exc:
+            blame(self, exc)
+            raise
         if silence is not None:
-            raise silence
+            raise blame(self, silence)
 
     def readable(self, timeout: float) -> bool:
         """Something to read within `timeout` s (0: only what is already buffered or arrived)."""
         connection = self.pubsub.connection
         assert connection is not None
-        return bool(connection.can_read(timeout=timeout))
+        try:
+            return bool(connection.can_read(timeout=timeout))
+        except Exception as exc:
+            blame(self, exc)
+            raise
 
     def read(self, socket_timeout: float, now: float) -> dict[str, Any] | None:
         """The next reply, parsed (None for what redis-py swallows); the link was heard."""
-        response = self.pubsub.parse_response(block=False, timeout=socket_timeout)
+        try:
+            response = self.pubsub.parse_response(block=False, timeout=socket_timeout)
+        except Exception as exc:
+            blame(self, exc)
+            raise
         self.deadline.heard(now)
         message: dict[str, Any] | None = self.pubsub.handle_message(response)
         return message

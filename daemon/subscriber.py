@@ -10,10 +10,12 @@ re-subscribes; only errors that waiting cannot cure raise RedisFatalError (exit 
 Which pub/sub (``--pubsub``: classic, sharded, or auto: both on a cluster with SSUBSCRIBE) is
 decided at the first subscribe (daemon/pubsub_kind.py). Sharded on a cluster, the channels of
 different slots may live on different nodes: one connection per node (daemon/pubsub_links.py),
-each with its own PING deadline, all waited on together; a fault on any of them drops them all
-and the whole subscription is made again from a fresh slot map. A slot that moves (resharding,
-a failover) makes its old node send ``sunsubscribe``: the loop then re-reads the slot map and
-subscribes again at once (no backoff: nothing is down), logging ``pubsub.slot_moved``.
+each with its own PING deadline, all waited on together. A fault on one drops that one only:
+the others keep listening while its subscriptions are made again (from a fresh slot map) after
+the backoff. A slot that moves (resharding, a failover) makes its old node send
+``sunsubscribe``: that channel is subscribed again at once where its slot is now (no backoff:
+nothing is down), logged as ``pubsub.slot_moved``. A lone connection (classic, or one node)
+behaves as it always did: a fault drops it and the loop waits out the backoff.
 
 With ``--durable`` there is no channel to listen on: the messages that ``publish --durable``
 also pushed onto ``<channel>:durable`` are consumed by the reliable list consumer instead.
@@ -47,8 +49,11 @@ from daemon.pubsub_links import (
     PingDeadline,
     SubscriptionSilent,
     _PubSub,
+    blame,
+    blamed,
     next_ready,
 )
+from daemon.redis_errors import classify
 from daemon.redis_url import redact
 from daemon.reliable import digest
 
@@ -94,6 +99,8 @@ class Subscriber(RedisLoop):
         self.subscriptions = (*settings.channels, *settings.patterns)
         self.links: list[Link] = []
         self.listen: str | None = None  # CLASSIC, SHARDED or BOTH, decided at the first subscribe
+        self.wanted: set[tuple[str, str]] = set()  # every (confirmation, name) to hold
+        self._retry_at = 0.0  # while other links listen: when to subscribe the missing again
         self._turns = 0
         self._moved_at = -1e9  # when a slot last moved away under us
         self._subscribed_once = False
@@ -125,7 +132,7 @@ class Subscriber(RedisLoop):
         self.progress.mark()
         self._count_unsubscribed(started)
         try:
-            if not self.links:
+            if self.listen is None or (self._missing() and self.clock() >= self._retry_at):
                 self._subscribe()
             message = self._next_message()
             if message is not None and message["type"] not in DATA_TYPES:
@@ -139,8 +146,16 @@ class Subscriber(RedisLoop):
         else:
             self._handle(message)
 
+    def _missing(self) -> set[tuple[str, str]]:
+        """The subscriptions no live link holds (sent and unconfirmed ones count as held)."""
+        held: set[tuple[str, str]] = set()
+        for link in self.links:
+            held |= link.plan.confirmations
+        return self.wanted - held
+
     def _subscribe(self) -> None:
-        """Fresh connections, subscribed to everything; confirmations arrive as messages."""
+        """Subscribe what no link holds, on fresh connections or live ones to the same node;
+        confirmations arrive as messages. Every node is tried; the first error is raised."""
         # the slot map re-read first: a node may be gone, a slot may have moved
         refresh_slots(self.client)
         s = self.settings
@@ -148,23 +163,38 @@ class Subscriber(RedisLoop):
             first = (s.channels or s.patterns or ("",))[0]
             kind = pubsub_kind.resolve(s.pubsub, self.client, first)
             self.listen = pubsub_kind.listens_with(s.pubsub, kind)
-        plans = pubsub_kind.plan_links(self.client, self.listen, s.channels, s.patterns)
-        now = self.clock()
-        links = [Link(plan, s.ping_interval, now) for plan in plans]
-        try:
-            for link in links:
-                link.subscribe()
-        except Exception as exc:
-            for link in links:
-                link.close()
-            if pubsub_kind.is_sharded_missing(exc):
-                raise ShardedUnavailable(redact(s.redis_url)) from exc
-            raise
-        self.links = links
+            self.wanted = pubsub_kind.wanted(self.listen, s.channels, s.patterns)
+        missing = self._missing()
+        plans = pubsub_kind.plan_links(
+            self.client,
+            tuple(c for c in s.channels if ("ssubscribe", c) in missing),
+            tuple(c for c in s.channels if ("subscribe", c) in missing),
+            tuple(p for p in s.patterns if ("psubscribe", p) in missing),
+        )
+        failure: Exception | None = None
+        for plan in plans:
+            live = next((k for k in self.links if plan.node and k.plan.node == plan.node), None)
+            link = live or Link(plan, s.ping_interval, self.clock())
+            try:
+                link.add(plan) if live else link.subscribe()
+            except Exception as exc:
+                if pubsub_kind.is_sharded_missing(exc):
+                    raise ShardedUnavailable(redact(s.redis_url)) from exc
+                if live is None:
+                    link.close()
+                failure = failure or exc
+                continue
+            if live is None:
+                self.links.append(link)
+        if failure is not None:
+            raise failure
 
     def _next_message(self) -> dict[str, Any] | None:
         """PING when due; wait up to one poll for a message; fail a connection gone silent."""
         now = self.clock()
+        if not self.links:  # all lost, the next subscribe not due yet: wait for it
+            self.stop_requested.wait(max(0.0, min(self.poll, self._retry_at - now)))
+            return None
         for each in self.links:
             each.check(now)
         self._turns += 1
@@ -183,13 +213,17 @@ class Subscriber(RedisLoop):
         kind, link = message["type"], message["link"]
         if kind in CONFIRM_TYPES:
             link.unconfirmed.discard((kind, _text(message["channel"])))
-            if not any(other.unconfirmed for other in self.links):
+            if not self._missing() and not any(other.unconfirmed for other in self.links):
                 self._confirmed()
         elif kind == "sunsubscribe":
+            link.forget_shard(_text(message["channel"]))
             raise SlotMoved(_text(message["channel"]))
         elif kind in ("unsubscribe", "punsubscribe"):
-            raise redis.ConnectionError(
-                f"the server ended our subscription to {_text(message['channel'])!r}"
+            raise blame(
+                link,
+                redis.ConnectionError(
+                    f"the server ended our subscription to {_text(message['channel'])!r}"
+                ),
             )
 
     def _confirmed(self) -> None:
@@ -223,7 +257,8 @@ class Subscriber(RedisLoop):
         if self._lost_at is None or now <= self._counted_until:
             return
         seconds = now - max(self._lost_at, self._counted_until)
-        for name in self.subscriptions:
+        missing = {name for _, name in self._missing()} if self.links else self.subscriptions
+        for name in missing:
             metrics.PUBSUB_UNSUBSCRIBED_SECONDS.labels(channel=name).inc(seconds)
         self._counted_until = now
 
@@ -262,43 +297,62 @@ class Subscriber(RedisLoop):
 
     # -- Redis errors -----------------------------------------------------------------------
     def _redis_failed(self, exc: Exception) -> None:
-        """Drop the subscription (noting when it was last alive), then the fault policy.
+        """Drop the link that failed (noting when the subscription was last whole), then the
+        fault policy: with other links still listening, no wait here (the missing are
+        subscribed again once the backoff is over); with none left, its wait, as always.
 
         Backoff runs from the start of the failed attempt; a silent connection's attempt
         began when the silence did, so a dead link is not waited out twice.
         """
-        if self.links and self._subscribed_once and self._lost_at is None:
-            heard = min(link.deadline.last_heard for link in self.links)
-            self._lost_at = self._counted_until = heard
-        self._drop()
+        now = self.clock()
+        if isinstance(exc, SlotMoved):
+            self._slot_moved(str(exc), now)
+            return
+        link = blamed(exc)
+        gone = [link] if link in self.links else []
+        if self._subscribed_once and self._lost_at is None and gone:
+            self._lost_at = self._counted_until = min(k.deadline.last_heard for k in gone)
+        for each in gone:
+            self.links.remove(each)
+            self._close(each)
         if isinstance(exc, ShardedUnavailable):
             raise exc  # one line, exit 78: waiting will not give the server SSUBSCRIBE
-        if isinstance(exc, SlotMoved):
-            # not an outage: the slot is served elsewhere now; subscribe again at once (after
-            # a short pause if it moved a moment ago too, so a flapping slot cannot spin)
-            self.log.warning(
-                "pubsub.slot_moved",
-                channel=str(exc),
-                note="the server ended the sharded subscription; subscribing again",
-            )
-            now = self.clock()
-            if now - self._moved_at < 1.0:
-                self.stop_requested.wait(self.settings.backoff_base)
-            self._moved_at = now
-            return
         since = None
         if isinstance(exc, SubscriptionSilent):
             since = min(self.faults.attempt_started, exc.silent_since)
+        if self.links and classify(exc) != "fatal":
+            metrics.REDIS_ERRORS.labels(kind=type(exc).__name__).inc()
+            spent = now - (self.faults.attempt_started if since is None else since)
+            self._retry_at = now + max(0.0, self.faults.link.failed(exc) - spent)
+            return
+        self._drop()
+        self._retry_at = 0.0
         self.faults.failed(exc, interruptible=True, since=since)
+
+    def _slot_moved(self, channel: str, now: float) -> None:
+        """Not an outage: the channel's slot is served elsewhere now. Subscribe there at once
+        (after a short pause if a slot moved a moment ago too, so a flapping one cannot spin)."""
+        self.log.warning(
+            "pubsub.slot_moved",
+            channel=channel,
+            note="the server ended the sharded subscription; subscribing where the slot is now",
+        )
+        if self._subscribed_once and self._lost_at is None:
+            self._lost_at = self._counted_until = now
+        pause = self.settings.backoff_base if now - self._moved_at < 1.0 else 0.0
+        self._retry_at, self._moved_at = now + pause, now
 
     def _drop(self) -> None:
         """Close the pubsub connections (the server forgets their subscriptions with them)."""
         links, self.links = self.links, []
         for link in links:
-            try:
-                link.close()
-            except Exception as exc:  # noqa: BLE001 - a dead socket may fail to close; it is gone
-                self.log.debug("pubsub.close_failed", error=str(exc))
+            self._close(link)
+
+    def _close(self, link: Link) -> None:
+        try:
+            link.close()
+        except Exception as exc:  # noqa: BLE001 - a dead socket may fail to close; it is gone
+            self.log.debug("pubsub.close_failed", error=str(exc))
 
 
 def _text(value: Any) -> str:
