@@ -218,12 +218,25 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    """Publish messages; warns when nobody was listening (pub/sub keeps nothing)."""
+    """Publish messages; warns when nobody was listening (pub/sub keeps nothing).
+
+    `--pubsub` chooses PUBLISH or SPUBLISH (daemon/pubsub_kind.py, decided before the first
+    message); the line on stdout names the command used.
+    """
     from daemon.producer import ReplicasNotConfirmed, publish
+    from daemon.pubsub_kind import (
+        CLASSIC,
+        SHARDED,
+        PublishKind,
+        ShardedUnavailable,
+        is_sharded_missing,
+    )
+    from daemon.redis_url import redact
 
     settings = _producer_settings(settings_from_args(args))
     channel = settings.channels[0]
     client = _client(settings)
+    choice = PublishKind(settings.pubsub)
     sent = listened = current = done = 0
     where = "line" if list(args.bodies) == ["-"] else "BODY"
     try:
@@ -235,9 +248,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 durable=settings.durable,
                 wait_replicas=settings.wait_replicas,
                 wait_timeout=settings.wait_timeout,
+                kind=CLASSIC if settings.durable else choice.kind(client, channel),
             )
             sent, done = sent + 1, current
             listened += receivers > 0
+    except ShardedUnavailable as exc:
+        print(f"taskd publish: error: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG
     except ReplicasNotConfirmed as exc:
         print(
             f"taskd publish: error: published {sent + 1} message(s) on {channel}, but {exc}; "
@@ -246,6 +263,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
         )
         return exitcodes.UNAVAILABLE
     except (redis.RedisError, OSError) as exc:
+        if is_sharded_missing(exc):  # COMMAND INFO did not say, SPUBLISH itself did
+            error = ShardedUnavailable(redact(settings.redis_url))
+            print(f"taskd publish: error: {error}", file=sys.stderr)
+            return exitcodes.CONFIG
         code, reason = _stopped(exc, settings.redis_url)
         at = current if current > done else done + 1
         print(
@@ -254,7 +275,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return code
-    print(f"published {sent} message(s) on {channel}")
+    sharded = sent and not settings.durable and choice.kind(client, channel) == SHARDED
+    print(f"published {sent} message(s) on {channel}" + (" (SPUBLISH)" if sharded else ""))
     if sent and not listened:
         print("warning: no subscriber was listening; pub/sub keeps nothing", file=sys.stderr)
     return exitcodes.OK

@@ -316,13 +316,20 @@ def publish(
     durable: bool = False,
     wait_replicas: int = 0,
     wait_timeout: float = 1.0,
+    kind: str = "classic",
 ) -> int:
     """Publish one message; returns how many subscribers received it (0: it is gone).
 
+    `kind` is "classic" (PUBLISH: on a cluster only the subscribers of the node it reached
+    are counted) or "sharded" (SPUBLISH, Redis >= 7: sent to the node serving the channel's
+    slot, its reply counts that shard's subscribers); daemon/pubsub_kind.py chooses it.
     With `durable`, the message is also pushed onto the channel's durable list (one atomic
     MULTI), where `taskd subscribe --durable` consumes it reliably; `wait_replicas` then waits
     for that push to replicate (a plain PUBLISH stores nothing, so there is nothing to wait for).
+    The durable path always sends a classic PUBLISH, whatever `kind`.
     """
+    if not durable and kind == "sharded":
+        return int(client.spublish(channel, _as_bytes(body)))
     if not durable:
         return int(client.publish(channel, _as_bytes(body)))
     client = node_client(client, durable_queue(channel))  # MULTI on the list's node (cluster)

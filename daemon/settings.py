@@ -220,9 +220,9 @@ class Settings:
     )
     pubsub: str = setting(
         "auto",
-        "pub/sub kind: classic (PUBLISH/SUBSCRIBE), sharded (SPUBLISH/SSUBSCRIBE, Redis 7 "
-        "cluster shards) or auto (publish sharded on a cluster whose nodes have it, else "
-        "classic; subscribe to both there)",
+        "pub/sub kind: classic (PUBLISH/SUBSCRIBE/PSUBSCRIBE), sharded (SPUBLISH/SSUBSCRIBE, "
+        "Redis >= 7, no --pattern) or auto (classic on one node or Sentinel; on a cluster "
+        "whose nodes have SPUBLISH: publish sharded, subscribe with both)",
         Choice("auto, classic or sharded", example="classic", choices=PUBSUB_KINDS),
         (SUBSCRIBE, PUBLISH, WEB),
         metavar="KIND",

@@ -154,6 +154,17 @@ def cluster_durable_channels_have_hash_tags(s: Settings) -> str | None:
     return None
 
 
+def sharded_pubsub_has_no_patterns(s: Settings) -> str | None:
+    """Redis has no sharded patterns (SSUBSCRIBE takes channels only, there is no PSSUBSCRIBE)."""
+    if s.pubsub == "sharded" and s.patterns:
+        return (
+            f"--pattern={s.patterns[0]} with --pubsub sharded: there are no sharded patterns "
+            "(SSUBSCRIBE takes channel names only); expected --channel, or --pubsub auto or "
+            "classic for patterns"
+        )
+    return None
+
+
 # Checked by the verbs that take --queue / --channel (daemon/commands.py): a verb that takes
 # no queue is not refused for the default queue name.
 QUEUE_RULES: tuple[Callable[[Settings], str | None], ...] = (cluster_queues_have_hash_tags,)
@@ -173,4 +184,5 @@ RULES: tuple[Rule, ...] = (
     queue_names_have_no_spaces,
     shards_have_slots_of_their_own,
     no_queue_is_another_queues_key,
+    sharded_pubsub_has_no_patterns,
 )

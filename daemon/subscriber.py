@@ -7,6 +7,16 @@ message, handle it. A connection that answers nothing (no message, no PONG) for 
 interval is dead, whatever TCP thinks. Redis errors never end the loop: it waits with backoff and
 re-subscribes; only errors that waiting cannot cure raise RedisFatalError (exit 78).
 
+Which pub/sub (``--pubsub``: classic, sharded, or auto: both on a cluster with SSUBSCRIBE) is
+decided at the first subscribe (daemon/pubsub_kind.py). Sharded on a cluster, the channels of
+different slots may live on different nodes: one connection per node (daemon/pubsub_links.py),
+each with its own PING deadline, all waited on together. A fault on one drops that one only:
+the others keep listening while its subscriptions are made again (from a fresh slot map) after
+the backoff. A slot that moves (resharding, a failover) makes its old node send
+``sunsubscribe``: that channel is subscribed again at once where its slot is now (no backoff:
+nothing is down), logged as ``pubsub.slot_moved``. A lone connection (classic, or one node)
+behaves as it always did: a fault drops it and the loop waits out the backoff.
+
 With ``--durable`` there is no channel to listen on: the messages that ``publish --durable``
 also pushed onto ``<channel>:durable`` are consumed by the reliable list consumer instead.
 """
@@ -22,10 +32,9 @@ from typing import Any
 import redis
 import structlog
 from redis.backoff import AbstractBackoff
-from redis.client import PubSub
 
-from daemon import metrics
-from daemon.cluster import pool_for, refresh_slots
+from daemon import metrics, pubsub_kind
+from daemon.cluster import refresh_slots
 from daemon.config import ConfigError, Settings
 from daemon.connection import make_client
 from daemon.handlers import Handler
@@ -33,81 +42,29 @@ from daemon.keys import durable_queue
 from daemon.lifecycle import supervise
 from daemon.liveness import Progress
 from daemon.loop_base import RedisLoop
+from daemon.pubsub_kind import ShardedUnavailable
+from daemon.pubsub_links import (
+    PING_TOKEN,
+    Link,
+    PingDeadline,
+    SubscriptionSilent,
+    _PubSub,
+    blame,
+    blamed,
+    next_ready,
+)
+from daemon.redis_errors import classify
 from daemon.redis_url import redact
 from daemon.reliable import digest
 
-PING_TOKEN = "taskd-ping"  # echoed in the PONG, so our PONGs are told apart from anything else
+__all__ = ["PING_TOKEN", "PingDeadline", "Subscriber", "SubscriptionSilent", "_PubSub", "run"]
 MAX_POLL = 1.0  # seconds one wait for a message may take: bounds the reaction to a stop
-DATA_TYPES = ("message", "pmessage")
-CONFIRM_TYPES = ("subscribe", "psubscribe")
+DATA_TYPES = ("message", "pmessage", "smessage")  # smessage: SSUBSCRIBE's (redis-py's name)
+CONFIRM_TYPES = ("subscribe", "psubscribe", "ssubscribe")
 
 
-class SubscriptionSilent(redis.ConnectionError):
-    """The subscribed connection answered nothing (no message, no PONG) within its deadline."""
-
-    def __init__(self, silent_for: float, deadline: float, silent_since: float) -> None:
-        super().__init__(
-            f"no message and no PONG for {silent_for:.1f} s "
-            f"(deadline {deadline:g} s = 2 x --ping-interval)"
-        )
-        self.silent_since = silent_since
-
-
-class _PubSub(PubSub):
-    """A PubSub that never reconnects behind the loop's back.
-
-    redis-py answers a broken connection by connecting again inside the failed call (and
-    re-subscribing silently), even with no retries configured; on a black-holed flow that
-    connect blocks the loop for the connect deadline. The loop owns reconnects instead, so
-    here a failure only drops the connection, and the error propagates.
-    """
-
-    def _reconnect(self, conn: Any, *args: Any, **kwargs: Any) -> None:  # redis-py >= 6
-        conn.disconnect()
-
-    def _disconnect_raise_connect(self, conn: Any, error: Exception) -> None:  # redis-py 5
-        conn.disconnect()
-        raise error
-
-
-class PingDeadline:
-    """When to PING a subscribed connection, and when its silence means it is dead.
-
-    Pure: the caller passes the time. Only time spent listening counts towards the deadline;
-    a handler run pauses it (`listening_again`), since nothing is read meanwhile.
-    """
-
-    def __init__(self, interval: float, now: float) -> None:
-        self.interval = interval
-        self.last_heard = now  # last time the server sent us anything
-        self.quiet_since = now  # start of the current wait for a sign of life
-        self.last_ping = now  # the SUBSCRIBE itself asks for an answer
-
-    @property
-    def limit(self) -> float:
-        """Seconds of silence after which the connection counts as dead."""
-        return 2 * self.interval
-
-    def heard(self, now: float) -> None:
-        """The server sent something: the connection is alive."""
-        self.last_heard = self.quiet_since = now
-
-    def listening_again(self, now: float) -> None:
-        """A handler run ended: the deadline restarts now (a PING is due if it ran long)."""
-        self.quiet_since = max(self.quiet_since, now)
-
-    def ping_due(self, now: float) -> bool:
-        return now - self.last_ping >= self.interval
-
-    def pinged(self, now: float) -> None:
-        self.last_ping = now
-
-    def silence(self, now: float) -> SubscriptionSilent | None:
-        """The error to fail with when silent past the deadline, else None."""
-        silent_for = now - self.quiet_since
-        if silent_for > self.limit:
-            return SubscriptionSilent(silent_for, self.limit, self.quiet_since)
-        return None
+class SlotMoved(Exception):
+    """The server ended a sharded subscription (``sunsubscribe``): its slot moved away."""
 
 
 class Subscriber(RedisLoop):
@@ -140,9 +97,12 @@ class Subscriber(RedisLoop):
         self.client = client or make_client(quiet, client_name=f"taskd-sub:{self.worker}")
         self.poll = min(MAX_POLL, settings.ping_interval / 2)
         self.subscriptions = (*settings.channels, *settings.patterns)
-        self.pubsub: _PubSub | None = None
-        self.deadline = PingDeadline(settings.ping_interval, clock())
-        self._unconfirmed: set[tuple[str, str]] = set()
+        self.links: list[Link] = []
+        self.listen: str | None = None  # CLASSIC, SHARDED or BOTH, decided at the first subscribe
+        self.wanted: set[tuple[str, str]] = set()  # every (confirmation, name) to hold
+        self._retry_at = 0.0  # while other links listen: when to subscribe the missing again
+        self._turns = 0
+        self._moved_at = -1e9  # when a slot last moved away under us
         self._subscribed_once = False
         self._lost_at: float | None = None  # last sign of life of the lost subscription
         self._counted_until = 0.0  # unsubscribed time already added to the metric
@@ -158,6 +118,7 @@ class Subscriber(RedisLoop):
             "ping_interval": s.ping_interval,
             "socket_timeout": s.socket_timeout,
             "durable": False,
+            "pubsub": s.pubsub,
             "pid": os.getpid(),
         }
 
@@ -171,7 +132,7 @@ class Subscriber(RedisLoop):
         self.progress.mark()
         self._count_unsubscribed(started)
         try:
-            if self.pubsub is None:
+            if self.listen is None or (self._missing() and self.clock() >= self._retry_at):
                 self._subscribe()
             message = self._next_message()
             if message is not None and message["type"] not in DATA_TYPES:
@@ -185,56 +146,84 @@ class Subscriber(RedisLoop):
         else:
             self._handle(message)
 
+    def _missing(self) -> set[tuple[str, str]]:
+        """The subscriptions no live link holds (sent and unconfirmed ones count as held)."""
+        held: set[tuple[str, str]] = set()
+        for link in self.links:
+            held |= link.plan.confirmations
+        return self.wanted - held
+
     def _subscribe(self) -> None:
-        """A fresh connection, subscribed to everything; confirmations arrive as messages."""
-        # on a cluster classic PUBLISH reaches every node: any node's connection will do (the
-        # one serving the first name's slot, the slot map re-read first: a node may be gone)
+        """Subscribe what no link holds, on fresh connections or live ones to the same node;
+        confirmations arrive as messages. Every node is tried; the first error is raised."""
+        # the slot map re-read first: a node may be gone, a slot may have moved
         refresh_slots(self.client)
-        first = (self.settings.channels or self.settings.patterns or ("",))[0]
-        pubsub = _PubSub(pool_for(self.client, first), ignore_subscribe_messages=False)
-        try:
-            if self.settings.channels:
-                pubsub.subscribe(*self.settings.channels)
-            if self.settings.patterns:
-                pubsub.psubscribe(*self.settings.patterns)
-        except Exception:
-            pubsub.close()
-            raise
-        self.pubsub = pubsub
-        self._unconfirmed = {("subscribe", c) for c in self.settings.channels} | {
-            ("psubscribe", p) for p in self.settings.patterns
-        }
-        self.deadline = PingDeadline(self.settings.ping_interval, self.clock())
+        s = self.settings
+        if self.listen is None:
+            first = (s.channels or s.patterns or ("",))[0]
+            kind = pubsub_kind.resolve(s.pubsub, self.client, first)
+            self.listen = pubsub_kind.listens_with(s.pubsub, kind)
+            self.wanted = pubsub_kind.wanted(self.listen, s.channels, s.patterns)
+        missing = self._missing()
+        plans = pubsub_kind.plan_links(
+            self.client,
+            tuple(c for c in s.channels if ("ssubscribe", c) in missing),
+            tuple(c for c in s.channels if ("subscribe", c) in missing),
+            tuple(p for p in s.patterns if ("psubscribe", p) in missing),
+        )
+        failure: Exception | None = None
+        for plan in plans:
+            live = next((k for k in self.links if plan.node and k.plan.node == plan.node), None)
+            link = live or Link(plan, s.ping_interval, self.clock())
+            try:
+                link.add(plan) if live else link.subscribe()
+            except Exception as exc:
+                if pubsub_kind.is_sharded_missing(exc):
+                    raise ShardedUnavailable(redact(s.redis_url)) from exc
+                if live is None:
+                    link.close()
+                failure = failure or exc
+                continue
+            if live is None:
+                self.links.append(link)
+        if failure is not None:
+            raise failure
 
     def _next_message(self) -> dict[str, Any] | None:
         """PING when due; wait up to one poll for a message; fail a connection gone silent."""
-        assert self.pubsub is not None and self.pubsub.connection is not None
         now = self.clock()
-        if self.deadline.ping_due(now):
-            self.pubsub.ping(PING_TOKEN)
-            self.deadline.pinged(now)
-        silence = self.deadline.silence(now)
-        if silence is not None:
-            raise silence
+        if not self.links:  # all lost, the next subscribe not due yet: wait for it
+            self.stop_requested.wait(max(0.0, min(self.poll, self._retry_at - now)))
+            return None
+        for each in self.links:
+            each.check(now)
+        self._turns += 1
         # Wait for the first byte only as long as a poll; the rest of a (large) message then
         # has the full socket timeout, so a slow link does not look like a dead one.
-        if not self.pubsub.connection.can_read(timeout=self.poll):
+        link = next_ready(self.links, self.poll, self._turns)
+        if link is None:
             return None
-        response = self.pubsub.parse_response(block=False, timeout=self.settings.socket_timeout)
-        self.deadline.heard(self.clock())
-        message: dict[str, Any] | None = self.pubsub.handle_message(response)
+        message = link.read(self.settings.socket_timeout, self.clock())
+        if message is not None:
+            message["link"] = link
         return message
 
     def _control(self, message: dict[str, Any]) -> None:
-        """Subscription confirmations and PONGs; a server-side unsubscribe drops the link."""
-        kind = message["type"]
+        """Subscription confirmations and PONGs; a server-side unsubscribe drops the links."""
+        kind, link = message["type"], message["link"]
         if kind in CONFIRM_TYPES:
-            self._unconfirmed.discard((kind, _text(message["channel"])))
-            if not self._unconfirmed:
+            link.unconfirmed.discard((kind, _text(message["channel"])))
+            if not self._missing() and not any(other.unconfirmed for other in self.links):
                 self._confirmed()
+        elif kind == "sunsubscribe":
+            link.forget_shard(_text(message["channel"]))
+            raise SlotMoved(_text(message["channel"]))
         elif kind in ("unsubscribe", "punsubscribe"):
-            raise redis.ConnectionError(
-                f"the server ended our subscription to {_text(message['channel'])!r}"
+            raise blame(
+                link,
+                redis.ConnectionError(
+                    f"the server ended our subscription to {_text(message['channel'])!r}"
+                ),
             )
 
     def _confirmed(self) -> None:
@@ -243,7 +232,11 @@ class Subscriber(RedisLoop):
         fields = {
             "channels": list(self.settings.channels),
             "patterns": list(self.settings.patterns),
+            "kind": self.listen,
         }
+        nodes = [link.plan.node for link in self.links if link.plan.node]
+        if nodes:
+            fields["nodes"] = nodes
         if self._lost_at is None:
             if not self._subscribed_once:
                 self.log.info("pubsub.subscribed", **fields)
@@ -264,7 +257,8 @@ class Subscriber(RedisLoop):
         if self._lost_at is None or now <= self._counted_until:
             return
         seconds = now - max(self._lost_at, self._counted_until)
-        for name in self.subscriptions:
+        missing = {name for _, name in self._missing()} if self.links else self.subscriptions
+        for name in missing:
             metrics.PUBSUB_UNSUBSCRIBED_SECONDS.labels(channel=name).inc(seconds)
         self._counted_until = now
 
@@ -296,32 +290,69 @@ class Subscriber(RedisLoop):
         finally:
             self.progress.task_finished()
             self.progress.work_done()
-            self.deadline.listening_again(self.clock())
+            now = self.clock()
+            for link in self.links:
+                link.deadline.listening_again(now)
             structlog.contextvars.unbind_contextvars(*bound)
 
     # -- Redis errors -----------------------------------------------------------------------
     def _redis_failed(self, exc: Exception) -> None:
-        """Drop the subscription (noting when it was last alive), then the fault policy.
+        """Drop the link that failed (noting when the subscription was last whole), then the
+        fault policy: with other links still listening, no wait here (the missing are
+        subscribed again once the backoff is over); with none left, its wait, as always.
 
         Backoff runs from the start of the failed attempt; a silent connection's attempt
         began when the silence did, so a dead link is not waited out twice.
         """
-        if self.pubsub is not None and self._subscribed_once and self._lost_at is None:
-            self._lost_at = self._counted_until = self.deadline.last_heard
-        self._drop()
+        now = self.clock()
+        if isinstance(exc, SlotMoved):
+            self._slot_moved(str(exc), now)
+            return
+        link = blamed(exc)
+        gone = [link] if link in self.links else []
+        if self._subscribed_once and self._lost_at is None and gone:
+            self._lost_at = self._counted_until = min(k.deadline.last_heard for k in gone)
+        for each in gone:
+            self.links.remove(each)
+            self._close(each)
+        if isinstance(exc, ShardedUnavailable):
+            raise exc  # one line, exit 78: waiting will not give the server SSUBSCRIBE
         since = None
         if isinstance(exc, SubscriptionSilent):
             since = min(self.faults.attempt_started, exc.silent_since)
+        if self.links and classify(exc) != "fatal":
+            metrics.REDIS_ERRORS.labels(kind=type(exc).__name__).inc()
+            spent = now - (self.faults.attempt_started if since is None else since)
+            self._retry_at = now + max(0.0, self.faults.link.failed(exc) - spent)
+            return
+        self._drop()
+        self._retry_at = 0.0
         self.faults.failed(exc, interruptible=True, since=since)
 
+    def _slot_moved(self, channel: str, now: float) -> None:
+        """Not an outage: the channel's slot is served elsewhere now. Subscribe there at once
+        (after a short pause if a slot moved a moment ago too, so a flapping one cannot spin)."""
+        self.log.warning(
+            "pubsub.slot_moved",
+            channel=channel,
+            note="the server ended the sharded subscription; subscribing where the slot is now",
+        )
+        if self._subscribed_once and self._lost_at is None:
+            self._lost_at = self._counted_until = now
+        pause = self.settings.backoff_base if now - self._moved_at < 1.0 else 0.0
+        self._retry_at, self._moved_at = now + pause, now
+
     def _drop(self) -> None:
-        """Close the pubsub connection (the server forgets its subscriptions with it)."""
-        pubsub, self.pubsub = self.pubsub, None
-        if pubsub is not None:
-            try:
-                pubsub.close()
-            except Exception as exc:  # noqa: BLE001 - a dead socket may fail to close; it is gone
-                self.log.debug("pubsub.close_failed", error=str(exc))
+        """Close the pubsub connections (the server forgets their subscriptions with them)."""
+        links, self.links = self.links, []
+        for link in links:
+            self._close(link)
+
+    def _close(self, link: Link) -> None:
+        try:
+            link.close()
+        except Exception as exc:  # noqa: BLE001 - a dead socket may fail to close; it is gone
+            self.log.debug("pubsub.close_failed", error=str(exc))
 
 
 def _text(value: Any) -> str:

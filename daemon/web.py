@@ -43,6 +43,7 @@ from daemon.producer import (
     parse_delay,
     publish,
 )
+from daemon.pubsub_kind import CLASSIC, PublishKind
 from daemon.redis_errors import is_transient
 from daemon.status import sharded_statuses
 from daemon.web_guard import (
@@ -199,13 +200,20 @@ def create_app(
         _log.info("web.lpush", queue=shard, task=elem, depth=depth)
         return redirect("/")
 
+    publish_kind = PublishKind(settings.pubsub)  # --pubsub, resolved at the first /pubsub
+
     @app.get("/pubsub")
     def pubsub() -> BaseResponse:
+        """PUBLISH, or SPUBLISH (daemon/pubsub_kind.py); the durable path is always classic."""
         elem = random.randrange(10)
-        receivers = pushed(
-            lambda: publish(redis_client, channel, str(elem), settings.durable, *waits)
-        )
-        _log.info("web.publish", channel=channel, message=elem, receivers=receivers)
+
+        def send() -> tuple[str, int]:
+            kind = CLASSIC if settings.durable else publish_kind.kind(redis_client, channel)
+            body = str(elem)
+            return kind, publish(redis_client, channel, body, settings.durable, *waits, kind=kind)
+
+        kind, receivers = pushed(send)
+        _log.info("web.publish", channel=channel, message=elem, receivers=receivers, kind=kind)
         return redirect("/")
 
     @app.post("/api/tasks")
