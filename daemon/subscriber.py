@@ -369,7 +369,7 @@ def durable_settings(settings: Settings) -> Settings:
     if not settings.channels:
         raise ConfigError("--durable without --channel: expected at least one --channel")
     queues = tuple(durable_queue(c) for c in settings.channels)
-    return dataclasses.replace(settings, queues=queues).validate()
+    return dataclasses.replace(settings, queues=queues, shards=1).validate()
 
 
 def run(settings: Settings, handler: Handler) -> int:
