@@ -113,12 +113,23 @@ def form(
 
 def place_slots(nodes: Iterable[RedisServer], placement: Mapping[int, RedisServer]) -> None:
     """Put each (empty) slot of `placement` on its primary: CLUSTER SETSLOT <slot> NODE <id>
-    sent to every node, so that none waits for gossip to agree. The slots must hold no keys."""
-    nodes = list(nodes)
+    sent to every primary among `nodes` (replicas refuse it: they learn it by gossip), then
+    CLUSTER BUMPEPOCH on each new owner, so that its claim outranks the old owner's everywhere.
+    The slots must hold no keys."""
+    primaries = [n for n in nodes if _role(n) == "master"]
     ids = {id(primary): node_id(primary) for primary in placement.values()}
     for slot, primary in placement.items():
-        for node in nodes:
+        for node in primaries:
             _call(node, "CLUSTER", "SETSLOT", slot, "NODE", ids[id(primary)])
+    for primary in {id(p): p for p in placement.values()}.values():
+        _call(primary, "CLUSTER", "BUMPEPOCH")
+
+
+def _role(node: RedisServer) -> str:
+    reply = _call(node, "ROLE")
+    assert isinstance(reply, list)
+    role = reply[0]
+    return role.decode() if isinstance(role, bytes) else str(role)
 
 
 def slot_served_by(node: RedisServer, slot: int) -> int | None:
