@@ -13,7 +13,7 @@ each its own hash tag) placed one per primary (shard i on primary i mod P). Each
    blocked in its claim (CLIENT LIST on every node);
 3. the staging lists are RENAMEd onto the shards (all the tasks appear at once), and the
    pending + processing lists of every shard are polled (LLEN, pipelined per node) every
-   2 ms until they are all empty; tasks/s = the tasks acked from the first poll that saw an
+   5 ms until they are all empty; tasks/s = the tasks acked from the first poll that saw an
    ack to the first that saw none left, over that time (start-up is left out, as in
    scripts/bench.py, where each worker times itself from its first task to its last);
 4. the consumers are stopped (SIGTERM); nothing may be left pending, held, delayed or dead.
@@ -72,7 +72,7 @@ HANDLER = "daemon.handlers:noop"
 LAYOUTS = ("per-shard", "shards")
 PRELOAD_CHUNK = 1000  # values per LPUSH
 PRELOAD_COMMANDS_PER_PIPELINE = 10
-POLL = 0.002  # seconds between two looks at the lists
+POLL = 0.005  # seconds between two looks at the lists
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -86,10 +86,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine spent busy (all CPUs: /proc/stat less idle and iowait)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
-    return (sum(values) - values[3] - values[4]) / CLK_TCK
+def machine_seconds() -> tuple[float, float, float]:
+    """CPU seconds of the whole machine (all CPUs, /proc/stat): in processes (user, nice,
+    system), in interrupts (irq, softirq: loopback traffic is mostly there), and stolen by the
+    hypervisor (steal)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values
+    return (user + nice + system) / CLK_TCK, (irq + softirq) / CLK_TCK, steal / CLK_TCK
 
 
 @dataclass
@@ -97,7 +100,7 @@ class CpuSnapshot:
     servers: list[float]
     consumers: list[float]
     own: float
-    machine: float
+    machine: tuple[float, float, float]
     at: float
 
     @classmethod
@@ -106,7 +109,7 @@ class CpuSnapshot:
             [cpu_seconds(p) for p in servers],
             [cpu_seconds(p) for p in consumers],
             cpu_seconds(os.getpid()),
-            machine_busy_seconds(),
+            machine_seconds(),
             time.monotonic(),
         )
 
@@ -116,7 +119,9 @@ def cpu_used(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
     servers = [b - a for a, b in zip(before.servers, after.servers, strict=True)]
     consumers = [b - a for a, b in zip(before.consumers, after.consumers, strict=True)]
     own = after.own - before.own
-    machine = after.machine - before.machine
+    processes, interrupts, steal = (
+        b - a for a, b in zip(before.machine, after.machine, strict=True)
+    )
     return {
         "wall_s": after.at - before.at,
         "servers_s": sum(servers),
@@ -124,8 +129,10 @@ def cpu_used(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
         "consumers_s": sum(consumers),
         "busiest_consumer_s": max(consumers),
         "bench_s": own,
-        "others_s": max(0.0, machine - sum(servers) - sum(consumers) - own),
-        "machine_s": machine,
+        "others_s": max(0.0, processes - sum(servers) - sum(consumers) - own),
+        "interrupts_s": interrupts,
+        "steal_s": steal,
+        "machine_s": processes + interrupts + steal,
     }
 
 
@@ -382,7 +389,14 @@ def drain(
     assert first is not None
     span = last - first[0]
     rate = first[1] / span if span > 0 else float("inf")
-    return {"tasks_per_s": rate, "drained": variant.tasks, "cpu": cpu_used(before, after)}
+    cpu = cpu_used(before, after)
+    ours = cpu["servers_s"] + cpu["consumers_s"]
+    return {
+        "tasks_per_s": rate,
+        "drained": variant.tasks,
+        "tasks_per_cpu_s": variant.tasks / ours if ours > 0 else float("inf"),
+        "cpu": cpu,
+    }
 
 
 def shards_served(setup: Setup, workdir: Path, args: argparse.Namespace) -> bool:
@@ -459,7 +473,8 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
                         f"  run {rep}/{args.repeat} {variant.name:<22} P={p}: "
                         f"{got['tasks_per_s']:9,.0f} tasks/s ({got['drained']:,} drained); CPU "
                         f"cores: redis {cpu['servers_s'] / cpu['wall_s']:.2f}, consumers "
-                        f"{cpu['consumers_s'] / cpu['wall_s']:.2f}, others "
+                        f"{cpu['consumers_s'] / cpu['wall_s']:.2f}, irq "
+                        f"{cpu['interrupts_s'] / cpu['wall_s']:.2f}, others "
                         f"{cpu['others_s'] / cpu['wall_s']:.2f}"
                     )
     info["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -505,10 +520,12 @@ def table(runs: list[dict[str, Any]], primaries: list[int]) -> list[dict[str, An
                 "layout": layout, "prefetch": prefetch, "primaries": p, "shards": p,
                 "consumers": p, "tasks_per_s": med, "min": min(rates), "max": max(rates),
                 "ratio": med / base, "drained": all(r["drained"] for r in mine),
+                "tasks_per_cpu_s": statistics.median(r["tasks_per_cpu_s"] for r in mine),
                 "cores_redis": cores("servers_s"), "cores_busiest_redis": cores("busiest_server_s"),
                 "cores_consumers": cores("consumers_s"),
                 "cores_busiest_consumer": cores("busiest_consumer_s"),
                 "cores_bench": cores("bench_s"), "cores_others": cores("others_s"),
+                "cores_interrupts": cores("interrupts_s"), "cores_steal": cores("steal_s"),
                 "cores_machine": cores("machine_s"),
             })  # fmt: skip
     return rows
@@ -524,19 +541,25 @@ def report(result: dict[str, Any]) -> None:
     print(
         f"queue {result['queue']} over N = P shards, one per primary, P consumers "
         f"({result['handler']}, --log-level {result['log_level']}); median of "
-        f"{result['repeat']} drains [min-max]; CPU in cores (CPU s / drain wall s) of the "
-        f"{m['nproc']}\n"
+        f"{result['repeat']} drains [min-max]; per CPU-s: tasks per CPU second of the "
+        f"redis-servers and consumers together; CPU in cores (CPU s / drain wall s) of the "
+        f"{m['nproc']}: others = every other process on the machine\n"
     )
+    cpu = ("redis", "(busiest)", "consumers", "(busiest)", "bench", "irq", "others", "steal")
+    keys = ("redis", "busiest_redis", "consumers", "busiest_consumer", "bench", "interrupts")
+    keys += ("others", "steal")
     print(
         f"  {'layout':<9} {'prefetch':>8} {'P':>2} {'shards':>6} {'consumers':>9} {'tasks/s':>9} "
-        f"{'[min-max]':>19} {'vs P=1':>7} {'redis':>6} {'consumers':>9} {'others':>6}"
+        f"{'[min-max]':>19} {'vs P=1':>7} {'per CPU-s':>9} | CPU cores: "
+        + " ".join(f"{c:>9}" for c in cpu)
     )
     for r in result["table"]:
         rng = f"[{r['min']:,.0f}-{r['max']:,.0f}]"
         print(
             f"  {r['layout']:<9} {r['prefetch']:>8} {r['primaries']:>2} {r['shards']:>6} "
             f"{r['consumers']:>9} {r['tasks_per_s']:>9,.0f} {rng:>19} {r['ratio']:>6.2f}x "
-            f"{r['cores_redis']:>6.2f} {r['cores_consumers']:>9.2f} {r['cores_others']:>6.2f}"
+            f"{r['tasks_per_cpu_s']:>9,.0f} | "
+            f"{'':11}" + " ".join(f"{r['cores_' + k]:>9.2f}" for k in keys)
         )
     for name, why in result["skipped"].items():
         print(f"  {name:<9} {why}")
