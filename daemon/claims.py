@@ -5,6 +5,11 @@ slots) is claimed in one round trip (one script, oldest first); an idle consumer
 BLMOVE of one with a finite timeout, so a push is seen at once. Several queues are served in
 the order given (priority), each tried without blocking before one is blocked on, in turn.
 
+The shards of one queue (--shards) are served fairly instead: claims keep to one shard for
+SHARD_TURN tasks (so an ack can carry the next claim of the same shard, on its node), then
+move on to the next one, or at once when that shard is found empty. Each consumer starts at
+a shard of its own (from its worker id), so consumers block on different shards when idle.
+
 Redis full (OOM under noeviction) is not Redis down: BLMOVE and LMOVE are refused, so the
 claim becomes a non-blocking allow-oom script (polling), and a plain claim every
 OOM_PROBE_EVERY seconds tells when Redis accepts writes again.
@@ -13,7 +18,8 @@ OOM_PROBE_EVERY seconds tells when Redis accepts writes again.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Sequence
 
 import redis
 
@@ -22,8 +28,48 @@ from daemon.reliable import ReliableQueue
 
 OOM_POLL = 0.3  # seconds between claims of an empty queue while Redis is out of memory
 OOM_PROBE_EVERY = 0.5  # seconds between plain claims that tell whether Redis is still full
+SHARD_TURN = 32  # tasks claimed from one shard of a queue before the next shard's turn
 
 Claimed = list[tuple[ReliableQueue, bytes]]
+
+
+class ShardTurns:
+    """Which shard of each queue is served now: priority between queues, turns within one."""
+
+    def __init__(self, groups: Sequence[Sequence[ReliableQueue]], seed: int) -> None:
+        self.groups = [list(group) for group in groups]
+        self._where = {id(q): (g, i) for g, group in enumerate(groups) for i, q in enumerate(group)}
+        self._current = [seed % len(group) for group in self.groups]
+        self._taken = [0] * len(self.groups)
+
+    def order(self) -> list[ReliableQueue]:
+        """Every queue, in the order to try them: by priority, each from its current shard."""
+        return [
+            q
+            for group, at in zip(self.groups, self._current, strict=True)
+            for q in group[at:] + group[:at]
+        ]
+
+    def first(self) -> ReliableQueue:
+        """The queue a claim sent along with an ack goes to."""
+        return self.groups[0][self._current[0]]
+
+    def took(self, queue: ReliableQueue, n: int) -> None:
+        """`n` tasks were claimed from `queue`: its shard's turn goes on, or ends."""
+        g, i = self._where[id(queue)]
+        if i != self._current[g]:
+            self._current[g], self._taken[g] = i, 0
+        self._taken[g] += n
+        if self._taken[g] >= SHARD_TURN:
+            self._current[g] = (i + 1) % len(self.groups[g])
+            self._taken[g] = 0
+
+    def found_empty(self, queue: ReliableQueue) -> None:
+        """A claim of `queue` found nothing: if it was its shard's turn, the turn ends."""
+        g, i = self._where[id(queue)]
+        if i == self._current[g]:
+            self._current[g] = (i + 1) % len(self.groups[g])
+            self._taken[g] = 0
 
 
 class Claimer:
@@ -32,17 +78,19 @@ class Claimer:
 
     def __init__(
         self,
-        queues: list[ReliableQueue],
+        groups: Sequence[Sequence[ReliableQueue]],
         memory: MemoryState,
         stop: threading.Event,
         clock: Callable[[], float],
     ) -> None:
-        self.queues = queues
+        self.queues = [q for group in groups for q in group]
+        seed = zlib.crc32(self.queues[0].worker.encode()) if self.queues else 0
+        self.turns = ShardTurns(groups, seed)
         self.memory = memory
         self.stop = stop
         self.clock = clock
         self._oom_probe_at = 0.0
-        self._turn = 0
+        self._turn = seed
         self._found_empty = False
 
     def claim(self, timeout: float, n: int = 1) -> Claimed:
@@ -87,29 +135,35 @@ class Claimer:
             timeout = max(0.1, timeout / len(self.queues))
         body = queue.claim(timeout)
         self._found_empty = body is None
-        return [] if body is None else [(queue, body)]
+        if body is None:
+            self.turns.found_empty(queue)
+            return []
+        return [(queue, body)]
 
     def _batch_each(self, n: int) -> Claimed:
         """A plain LMOVE first (a full Redis refuses it: OutOfMemoryError, noticed by the
         caller), then the batch script for the rest: FIFO across both."""
-        for queue in self.queues:  # priority: the order given
+        for queue in self.turns.order():
             first = queue.try_claim()
             if first is not None:
                 return [(queue, body) for body in [first, *queue.claim_batch(n - 1)]]
+            self.turns.found_empty(queue)
         return []
 
     def _batch_each_when_full(self, n: int) -> Claimed:
-        for queue in self.queues:
+        for queue in self.turns.order():
             bodies = queue.claim_batch(n)  # the batch script may run while Redis is full
             if bodies:
                 return [(queue, body) for body in bodies]
+            self.turns.found_empty(queue)
         return []
 
     def _try_claim_each(self) -> Claimed:
-        for queue in self.queues:  # priority: the order given
+        for queue in self.turns.order():
             body = queue.try_claim()
             if body is not None:
                 return [(queue, body)]
+            self.turns.found_empty(queue)
         return []
 
     def _claim_when_full(self, n: int) -> Claimed:
@@ -128,7 +182,7 @@ class Claimer:
             if claimed:
                 return claimed
         else:
-            for queue in self.queues:
+            for queue in self.turns.order():
                 body = queue.claim_when_full()
                 if body is not None:
                     return [(queue, body)]

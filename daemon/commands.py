@@ -191,6 +191,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             settings.wait_replicas,
             settings.wait_timeout,
             delay=args.delay,
+            shards=settings.shards,
         )
     except PushStopped as stop:
         code, reason = _stopped(stop.cause, settings.redis_url)
@@ -207,6 +208,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         return code
+    if settings.shards > 1:
+        queue = f"{queue} (over {settings.shards} shards)"
     if args.delay > 0:
         print(f"scheduled {pushed} task(s) on {queue} to run in {args.delay:g} s")
     else:
@@ -263,15 +266,22 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     client = _client(settings)
-    rows = [queue_status(client, q) for q in settings.queues]
+    rows = [queue_status(client, q, settings.shards) for q in settings.queues]
+    _warn_unserved_shards(client, settings)
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
         return exitcodes.OK
     for row in rows:
+        over = f" (sum of {len(row.shards)} shards)" if row.shards else ""
         print(
-            f"queue {row.queue}: pending {row.pending}  processing {row.processing}  "
+            f"queue {row.queue}{over}: pending {row.pending}  processing {row.processing}  "
             f"delayed {row.delayed}  dead {row.dead}"
         )
+        for shard in row.shards:
+            print(
+                f"  shard {shard['queue']}: pending {shard['pending']}  processing "
+                f"{shard['processing']}  delayed {shard['delayed']}  dead {shard['dead']}"
+            )
         if row.oldest_age_seconds is not None:
             print(f"  oldest pending task: {row.oldest_age_seconds:.1f} s")
         for w in row.workers:
@@ -286,34 +296,68 @@ def cmd_status(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
-def cmd_dead(args: argparse.Namespace) -> int:
-    """List, requeue or purge the dead letters of one queue."""
-    from daemon.dead_letters import dead_letter_body
+def _purge_dead(client: Any, queue: str) -> int:
+    from daemon.keys import QueueKeys
+
+    dead = QueueKeys(queue).dead
+    count = int(client.llen(dead))
+    client.delete(dead)
+    return count
+
+
+def _requeue_dead(client: Any, queue: str) -> tuple[int, int]:
+    """Every dead letter of `queue` back onto it; (requeued, unreadable left in place)."""
+    from daemon.dead_letters import dead_letter_body, parse_dead_letter
     from daemon.keys import QueueKeys
     from daemon.reliable import ReliableQueue
-    from daemon.status import dead_letters
 
-    settings = settings_from_args(args)
-    queue = settings.queues[0]
-    client = _client(settings)
-    if args.action == "list":
-        for doc in dead_letters(client, queue, max(1, args.limit)):
-            print(json.dumps(doc, ensure_ascii=False))
-        return exitcodes.OK
-    if args.action == "purge":
-        count = int(client.llen(QueueKeys(queue).dead))
-        client.delete(QueueKeys(queue).dead)
-        print(f"purged {count} dead letter(s) of {queue}")
-        return exitcodes.OK
     reliable = ReliableQueue(client, queue, "taskd-cli")
     requeued = skipped = 0
     for entry in client.lrange(QueueKeys(queue).dead, 0, -1):
-        from daemon.dead_letters import parse_dead_letter
-
         body = dead_letter_body(parse_dead_letter(entry))
         if body is None:
             skipped += 1
             continue
         requeued += reliable.requeue_dead(entry, body)
-    print(f"requeued {requeued} dead letter(s) onto {queue}; {skipped} unreadable left in place")
+    return requeued, skipped
+
+
+def _warn_unserved_shards(client: Any, settings: Settings) -> None:
+    """Tasks on the shard past the ones asked for: more shards than --shards, or unsharded."""
+    from daemon.keys import unserved_shard
+
+    for queue in settings.queues:
+        shard = unserved_shard(queue, settings.shards)
+        waiting = int(client.llen(shard))
+        if waiting:
+            print(
+                f"warning: {shard} holds {waiting} task(s): {queue} has more shards than "
+                f"--shards={settings.shards}; give producers and consumers the same --shards",
+                file=sys.stderr,
+            )
+
+
+def cmd_dead(args: argparse.Namespace) -> int:
+    """List, requeue or purge the dead letters of one queue (of each of its shards)."""
+    from daemon.keys import shard_names
+    from daemon.status import dead_letters_of
+
+    settings = settings_from_args(args)
+    queue = settings.queues[0]
+    client = _client(settings)
+    shards = shard_names(queue, settings.shards)
+    if args.action == "list":
+        for doc in dead_letters_of(client, shards, max(1, args.limit)):
+            print(json.dumps(doc, ensure_ascii=False))
+        return exitcodes.OK
+    onto = queue if len(shards) == 1 else f"{queue}'s {len(shards)} shards"
+    if args.action == "purge":
+        count = sum(_purge_dead(client, shard) for shard in shards)
+        print(f"purged {count} dead letter(s) of {onto}")
+        return exitcodes.OK
+    requeued = skipped = 0
+    for shard in shards:
+        done, left = _requeue_dead(client, shard)
+        requeued, skipped = requeued + done, skipped + left
+    print(f"requeued {requeued} dead letter(s) onto {onto}; {skipped} unreadable left in place")
     return exitcodes.OK

@@ -93,11 +93,13 @@ class Consumer(RedisLoop):
         )
         self.orphans = OrphanClaims(self.client, self.worker, self.log)
         self.owner = Owner.current()
-        self.queues = [
-            ReliableQueue(self.client, q, self.worker, self.owner) for q in settings.queues
+        groups = [
+            [ReliableQueue(self.client, q, self.worker, self.owner) for q in shards]
+            for shards in settings.queue_shards
         ]
+        self.queues = [q for group in groups for q in group]  # every shard of every queue
         self.memory = MemoryState(self.link, self.log)
-        self.claimer = Claimer(self.queues, self.memory, self.stop_requested, clock)
+        self.claimer = Claimer(groups, self.memory, self.stop_requested, clock)
         self.faults.on_reconnect.append(self._reconnected)
         self.faults.on_disconnect.append(self._link_lost)
         self.faults.on_oom.append(lambda: self.claimer.memory_seen(True))
@@ -108,18 +110,21 @@ class Consumer(RedisLoop):
             self.queues, self.owner, settings.heartbeat_ttl, self.log, self.stop_requested.wait
         )
         self._heartbeat_keeper = HeartbeatKeeper(
-            [ReliableQueue(self.aux_client, q, self.worker, self.owner) for q in settings.queues],
+            [
+                ReliableQueue(self.aux_client, q, self.worker, self.owner)
+                for q in settings.served_queues
+            ],
             settings.heartbeat_ttl,
             self.log,
             self.progress,
         )
-        metrics.preexport(settings.queues)
-        self.metrics = {q: metrics.QueueMetrics(q) for q in settings.queues}
+        metrics.preexport(settings.served_queues)
+        self.metrics = {q: metrics.QueueMetrics(q) for q in settings.served_queues}
         self.recovery = Recovery(
             self.queues, self.worker, settings.max_attempts, self.metrics, self.log
         )
         self.duties = Duties(
-            settings, self.queues, self.recovery, self.link, lambda: self.held, clock
+            settings, self.queues, self.recovery, self.link, lambda: self.held, clock, self.log
         )
         self.settler = Settler(self)
         self.slots: Slots = InlineSlot(handler, self._runs())  # begin() makes the real ones
@@ -136,6 +141,7 @@ class Consumer(RedisLoop):
         s = self.settings
         return {
             "queues": list(s.queues),
+            "shards": s.shards,
             "redis": redact(s.redis_url),
             "block_timeout": s.block_timeout,
             "socket_timeout": s.socket_timeout,
@@ -208,6 +214,11 @@ class Consumer(RedisLoop):
         self._settle_finished(slots)
 
     def _hold(self, claimed: Claimed) -> None:
+        taken: dict[ReliableQueue, int] = {}  # a claim's tasks are of one queue
+        for queue, _ in claimed:
+            taken[queue] = taken.get(queue, 0) + 1
+        for queue, n in taken.items():
+            self.claimer.turns.took(queue, n)
         for queue, body in claimed:
             task = Task(queue, body, digest(body))
             self.metrics[task.queue_name].claimed.inc()

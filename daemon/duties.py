@@ -9,16 +9,20 @@ to outlive the next blocking claim with IDLE_BEAT_MARGIN to spare. The TTL, and 
 dead worker is found, stays as set; an idle worker just sends fewer commands. Likewise an idle
 worker promotes due retries at every turn, as a busy one does every second, but looks first
 whether anything is delayed at all (one EXISTS), and the periodic reconciliation first looks
-whether the processing list holds more than the worker knows of (one LLEN).
+whether the processing list holds more than the worker knows of (one LLEN). Every
+UNSERVED_EVERY seconds one LLEN per queue looks at the shard past the ones served: tasks
+there (producers given more --shards than the consumers) are said in a warning.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from daemon.config import Settings
 from daemon.faults import LinkState
 from daemon.inflight import Task
+from daemon.keys import unserved_shard
 from daemon.recovery import Recovery
 from daemon.reliable import ReliableQueue
 
@@ -26,6 +30,7 @@ HEARTBEAT_EVERY = 1.0  # seconds between heartbeats of a busy worker
 PROMOTE_EVERY = 1.0  # seconds between moves of due retries back to pending
 MAINTAIN_GRANULARITY = 0.1  # seconds: how often the loop looks at what is due
 IDLE_BEAT_MARGIN = 2.0  # seconds an idle worker's heartbeat has left, at least, when renewed
+UNSERVED_EVERY = 30.0  # seconds between looks at the shard past ours (keys.unserved_shard)
 
 
 class Duties:
@@ -39,6 +44,7 @@ class Duties:
         link: LinkState,
         held: Callable[[], Sequence[Task]],
         clock: Callable[[], float],
+        log: Any,
     ) -> None:
         self.settings = settings
         self.queues = queues
@@ -50,6 +56,8 @@ class Duties:
         self._next: dict[str, float] = {}
         self._after = 0.0  # nothing is due before this
         self._beat_at = 0.0  # when the heartbeat was last sent
+        self._unserved: set[str] = set()  # shards past ours found holding tasks
+        self.log = log
 
     def run(self, now: float) -> bool:
         """Do what is due; whether any Redis command was sent."""
@@ -72,6 +80,9 @@ class Duties:
             self.recovery.recover_dead_peers()
             if self.recovery.holds_unseen(self.held()):  # one LLEN per queue, mostly
                 self.reconcile("periodic")
+        if self.link.connected and self._due("unserved", UNSERVED_EVERY, now):
+            sent = True
+            self._look_for_unserved_shards()
         if any(t <= now for t in self.reconcile_at):
             sent = True
             self.reconcile_at = [t for t in self.reconcile_at if t > now]
@@ -114,6 +125,27 @@ class Duties:
         self._after = 0.0
         self.reconcile_at += [now, now + self.settings.socket_timeout]
         self._next["recover"] = now + self.settings.heartbeat_ttl
+
+    def _look_for_unserved_shards(self) -> None:
+        """Tasks on a shard past ours would wait for ever, unseen: say so (once per change)."""
+        client = self.queues[0].client
+        for queue in self.settings.queues:
+            shard = unserved_shard(queue, self.settings.shards)
+            waiting = int(client.llen(shard))
+            if bool(waiting) != (shard in self._unserved):
+                self._unserved.symmetric_difference_update({shard})
+                if waiting:
+                    self.log.warning(
+                        "queue.unserved_shard",
+                        queue=queue,
+                        shard=shard,
+                        waiting=waiting,
+                        shards=self.settings.shards,
+                        note="producers push onto more shards than this consumer serves: "
+                        "give every producer and consumer the same --shards",
+                    )
+                else:
+                    self.log.info("queue.unserved_shard_empty", queue=queue, shard=shard)
 
     def _due(self, name: str, every: float, now: float) -> bool:
         if now >= self._next.get(name, 0.0):

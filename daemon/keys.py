@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 DEFAULT_QUEUE = "task:prodcons:queue"
 DEFAULT_CHANNEL = "task:pubsub:channel"
-MAX_SHARDS = 1024  # --shards: far beyond 16384 slots / primaries, and bounded work per turn
+MAX_SHARDS = 128  # --shards: a few per primary; an idle consumer blocks on each in turn
 
 
 def hash_tag(name: str) -> str | None:
@@ -36,6 +36,14 @@ def shard_names(queue: str, shards: int) -> tuple[str, ...]:
     start = queue.find("{")
     end = start + 1 + len(tag)
     return tuple(f"{queue[: start + 1]}{tag}:{i}{queue[end:]}" for i in range(shards))
+
+
+def unserved_shard(queue: str, shards: int) -> str:
+    """The first shard of `queue` past the `shards` served: tasks there mean producers were
+    given more shards than the consumers (or shards, and the consumers none)."""
+    if shards == 1:
+        return shard_names(queue, 2)[0]
+    return shard_names(queue, shards + 1)[shards]
 
 
 def durable_queue(channel: str) -> str:

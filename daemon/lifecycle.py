@@ -82,7 +82,8 @@ class GracefulStop:
 def _served(settings: Settings) -> str:
     """What the loop works on, for systemd's STATUS lines."""
     if settings.queues:
-        return "queue " + ", ".join(settings.queues)
+        shards = f" ({settings.shards} shards each)" if settings.shards > 1 else ""
+        return "queue " + ", ".join(settings.queues) + shards
     names = [*settings.channels, *settings.patterns]
     return "channel " + ", ".join(names) if names else "nothing"
 

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from daemon import metrics
 from daemon.config import ConfigError, Settings
 from daemon.faults import LinkState
+from daemon.keys import unserved_shard
 from daemon.liveness import GuardedThread, Progress, Snapshot, stall_reason
 from daemon.redis_url import redact
 from daemon.status import QueueStatus
@@ -37,6 +38,11 @@ _STATES = ("pending", "processing", "delayed", "dead")
 
 class QueueDepthCollector(Collector):
     """`taskd_queue_depth{queue,state}` and workers alive, read at scrape time.
+
+    Each shard of a sharded queue is a queue label of its own. The shard past the ones
+    served (daemon.keys.unserved_shard) is read too and exported while it holds tasks, with
+    its workers alive at 0: tasks no consumer serves raise TaskdNoLiveConsumers instead of
+    waiting unseen.
 
     Reads run on a thread of their own, one at a time, in two pipelined round trips (see
     daemon.status): a scrape waits at most `deadline` for the read. A late or failed read
@@ -63,7 +69,9 @@ class QueueDepthCollector(Collector):
             )
             client = make_client(quick, client_name=f"taskd-metrics:{settings.worker_id}")
         self.client = client
-        self.queues: tuple[str, ...] = tuple(settings.queues)
+        self.queues: tuple[str, ...] = settings.served_queues  # each shard: a label value
+        # the shard past ours: exported only while it holds tasks (TaskdNoLiveConsumers)
+        self.unserved = tuple(unserved_shard(q, settings.shards) for q in settings.queues)
         self.deadline = deadline
         self.clock = clock
         self.errors = 0
@@ -104,9 +112,11 @@ class QueueDepthCollector(Collector):
         from daemon.status import queue_statuses
 
         try:
-            rows = queue_statuses(self.client, self.queues)
+            rows = queue_statuses(self.client, self.queues + self.unserved)
         except Exception:  # noqa: BLE001 - counted by the scrape that finds no fresh read
             return
+        served = len(self.queues)
+        rows = rows[:served] + [r for r in rows[served:] if r.pending or r.delayed]
         self._last = (self.clock(), rows)  # fresh for every scrape waiting now
 
     def _families(

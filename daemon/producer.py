@@ -30,16 +30,17 @@ tasks just have no age. `publish --durable` is not stamped.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from daemon import lua
 from daemon.cluster import node_client
-from daemon.keys import QueueKeys, durable_queue
+from daemon.keys import QueueKeys, durable_queue, shard_names
 from daemon.reliable import TOKEN_BYTES, digest
 
 BATCH = 1000
@@ -240,6 +241,34 @@ def enqueue(
     return _push_and_wait(client, queue, [_as_bytes(body)], wait_replicas, wait_timeout)
 
 
+class ShardCycle:
+    """The shard of each queue a single push goes to: every shard in turn, from a random one
+    (so producers that push one task each still spread). Safe to share between threads."""
+
+    def __init__(self, queues: Iterable[str], shards: int) -> None:
+        self._names = {queue: shard_names(queue, shards) for queue in queues}
+        self._turns = itertools.count(int.from_bytes(os.urandom(2), "big"))
+
+    def next(self, queue: str) -> str:
+        """The shard of `queue` (a queue it was made for) the next push goes onto."""
+        names = self._names[queue]
+        return names[next(self._turns) % len(names)]
+
+
+def _onto_shards(
+    batches: Iterable[list[bytes]], shards: Sequence[str]
+) -> Iterator[tuple[str, list[bytes]]]:
+    """Each batch cut into one run of consecutive tasks per shard, the shards in turn from a
+    random one: the tasks spread evenly, and what was pushed when a push fails is still
+    the first ones given (the runs are pushed in order)."""
+    turn = int.from_bytes(os.urandom(2), "big")
+    for batch in batches:
+        size = math.ceil(len(batch) / len(shards))
+        for start in range(0, len(batch), size):
+            yield shards[turn % len(shards)], batch[start : start + size]
+            turn += 1
+
+
 def enqueue_many(
     client: Any,
     queue: str,
@@ -247,8 +276,12 @@ def enqueue_many(
     wait_replicas: int = 0,
     wait_timeout: float = 1.0,
     delay: float | str | None = None,
+    shards: int = 1,
 ) -> int:
     """Push tasks in order (the first given is consumed first), in pipelined batches.
+
+    With `shards` > 1 the tasks are spread over the shards of `queue` (keys.shard_names),
+    each shard in turn getting a run of consecutive tasks; the order holds within a shard.
 
     Returns how many were pushed. Each batch is one script call (LPUSH and stamps): all of it
     is stored or none (on a timeout, unknown). Anything that stops it mid-way raises
@@ -261,12 +294,12 @@ def enqueue_many(
     seconds = 0.0 if delay is None else parse_delay(delay)
     pushed = 0
     try:
-        for batch in _batches(bodies, BATCH):
+        for target, batch in _onto_shards(_batches(bodies, BATCH), shard_names(queue, shards)):
             try:
                 if seconds > 0:
-                    _schedule_and_wait(client, queue, batch, seconds, wait_replicas, wait_timeout)
+                    _schedule_and_wait(client, target, batch, seconds, wait_replicas, wait_timeout)
                 else:
-                    _push_and_wait(client, queue, batch, wait_replicas, wait_timeout)
+                    _push_and_wait(client, target, batch, wait_replicas, wait_timeout)
             except ReplicasNotConfirmed as exc:
                 pushed += exc.pushed
                 raise

@@ -1,7 +1,8 @@
 """Settling finished tasks: successes acked, failures retried or dead-lettered.
 
 The successes of one queue that finished together are acked in one script; when the loop
-wants more work, the first (highest priority) queue's ack carries the next claim with it,
+wants more work, the ack of the queue claims go to now (the highest priority queue; of a
+sharded one, the shard whose turn it is: daemon/claims.py) carries the next claim with it,
 in the same round trip. A failure is settled on its own (one script counts the attempt and
 schedules the retry or dead-letters it). Whether an outcome may have been applied is the
 fault policy's call (`Consumer.settle`): an unknown outcome is never sent again.
@@ -30,13 +31,14 @@ class Settler:
         self.c = consumer
 
     def settle(self, tasks: list[Task], claim: int) -> Claimed:
-        """Settle `tasks`; with `claim` > 0 the first queue's ack claims up to that many more,
-        which are returned (oldest first)."""
+        """Settle `tasks`; with `claim` > 0 the ack of the queue whose turn it is claims up
+        to that many more, which are returned (oldest first)."""
         claimed: Claimed = []
+        first = self.c.claimer.turns.first()
         for queue in self.c.queues:
             done = [t for t in tasks if t.queue is queue and t.error is None]
             if done:  # only an ack carries a claim; without one the next turn claims
-                claimed += self._ack(queue, done, claim if queue is self.c.queues[0] else 0)
+                claimed += self._ack(queue, done, claim if queue is first else 0)
         for task in tasks:
             if task.error is not None:
                 self._failed(task)
@@ -51,6 +53,8 @@ class Settler:
             scripted = self.c.claimer.scripted()
             outcomes, bodies = queue.ack_batch_and_claim(items, claim, scripted_claim=scripted)
             self.c.claimer.memory_seen(queue.claim_refused_oom)
+            if not bodies:
+                self.c.claimer.turns.found_empty(queue)
             if queue.claim_lost:
                 self.c.claim_reply_lost()
             return outcomes, bodies

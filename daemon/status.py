@@ -23,7 +23,7 @@ import redis
 
 from daemon.cluster import is_cluster
 from daemon.dead_letters import parse_dead_letter
-from daemon.keys import QueueKeys
+from daemon.keys import QueueKeys, shard_names
 from daemon.reliable import digest
 
 # Workers read per queue and read: bounds one read's size even when dead workers pile up
@@ -46,6 +46,8 @@ class QueueStatus:
     eviction_warning: str = ""
     # Seconds since the oldest pending task was enqueued (None: empty queue, or not stamped).
     oldest_age_seconds: float | None = None
+    # A queue spread over shards (--shards): each shard's own status; the fields above sum them.
+    shards: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,6 +154,37 @@ def queue_statuses(client: Any, queues: Sequence[str]) -> list[QueueStatus]:
     return rows
 
 
+def summed(queue: str, rows: Sequence[QueueStatus]) -> QueueStatus:
+    """The status of one queue spread over the shards `rows`: depths summed, each worker once
+    (alive if alive on every shard, holding what it holds on all), the oldest age of all."""
+    if len(rows) == 1 and rows[0].queue == queue:
+        return rows[0]
+    workers: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        for w in row.workers:
+            seen = workers.setdefault(w["worker"], {**w, "processing": 0})
+            seen["alive"] = seen["alive"] and w["alive"]
+            seen["processing"] += w["processing"]
+            seen["last_seen"] = max(seen["last_seen"], w["last_seen"])
+    ages = [r.oldest_age_seconds for r in rows if r.oldest_age_seconds is not None]
+    return QueueStatus(
+        queue=queue,
+        pending=sum(r.pending for r in rows),
+        processing=sum(r.processing for r in rows),
+        delayed=sum(r.delayed for r in rows),
+        dead=sum(r.dead for r in rows),
+        workers=sorted(workers.values(), key=lambda w: str(w["worker"])),
+        oldest_age_seconds=max(ages) if ages else None,
+        shards=[r.as_dict() for r in rows],
+    )
+
+
+def sharded_statuses(client: Any, queues: Sequence[str], shards: int) -> list[QueueStatus]:
+    """One status per queue of `queues`, each summing its `shards` (all read in one go)."""
+    rows = iter(queue_statuses(client, [n for q in queues for n in shard_names(q, shards)]))
+    return [summed(queue, [next(rows) for _ in range(shards)]) for queue in queues]
+
+
 def _cluster_time(client: Any, queue: str) -> Any:
     """TIME of the node serving `queue` (None when refused): the clock its stamps came from."""
     try:
@@ -174,11 +207,11 @@ def eviction_warning(policy: str) -> str:
     return f"maxmemory-policy is {policy}, not {memory.SAFE_POLICY}: {memory.consequence(policy)}"
 
 
-def queue_status(client: Any, queue: str) -> QueueStatus:
+def queue_status(client: Any, queue: str, shards: int = 1) -> QueueStatus:
     """One queue's status for `taskd status` and the web API, with the eviction policy."""
     from daemon import memory
 
-    row = queue_statuses(client, [queue])[0]
+    row = sharded_statuses(client, [queue], shards)[0]
     row.eviction_policy = memory.eviction_policy(client)
     row.eviction_warning = eviction_warning(row.eviction_policy)
     return row
@@ -188,3 +221,16 @@ def dead_letters(client: Any, queue: str, limit: int = 100) -> list[dict[str, An
     """The newest dead letters, decoded; damaged entries are shown, never raised on."""
     entries = client.lrange(QueueKeys(queue).dead, 0, limit - 1)
     return [parse_dead_letter(e) for e in entries]
+
+
+def dead_letters_of(client: Any, shards: Sequence[str], limit: int = 100) -> list[dict[str, Any]]:
+    """The newest dead letters of a queue over its `shards`, each naming its shard."""
+    if len(shards) == 1:
+        return dead_letters(client, shards[0], limit)
+    docs = [{**doc, "shard": s} for s in shards for doc in dead_letters(client, s, limit)]
+    docs.sort(key=lambda doc: _number(doc.get("failed_at")), reverse=True)
+    return docs[:limit]
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0

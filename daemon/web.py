@@ -37,13 +37,14 @@ from daemon.connection import make_client
 from daemon.liveness import enable_stack_dumps
 from daemon.producer import (
     ReplicasNotConfirmed,
+    ShardCycle,
     enqueue,
     enqueue_delayed,
     parse_delay,
     publish,
 )
 from daemon.redis_errors import is_transient
-from daemon.status import queue_statuses
+from daemon.status import sharded_statuses
 from daemon.web_guard import (
     MAX_BODY_BYTES,
     Refusal,
@@ -163,6 +164,7 @@ def create_app(
     health = RedisHealth()
     exposed = web_registry()
     waits = (settings.wait_replicas, settings.wait_timeout)
+    shards = ShardCycle(settings.queues, settings.shards)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -192,8 +194,9 @@ def create_app(
     @app.get("/prodcons")
     def prodcons() -> BaseResponse:
         elem = random.randrange(10)
-        depth = pushed(lambda: enqueue(redis_client, queue, str(elem), *waits))
-        _log.info("web.lpush", queue=queue, task=elem, depth=depth)
+        shard = shards.next(queue)
+        depth = pushed(lambda: enqueue(redis_client, shard, str(elem), *waits))
+        _log.info("web.lpush", queue=shard, task=elem, depth=depth)
         return redirect("/")
 
     @app.get("/pubsub")
@@ -214,31 +217,36 @@ def create_app(
             task = parse_task(request.get_data(cache=False), settings.queues)
         except BadTask as exc:
             return _json(400, {"error": str(exc)})
-        if task.delay > 0:
-            return _schedule(task)
-        depth = pushed(lambda: enqueue(redis_client, task.queue, task.body, *waits))
-        _log.info("web.enqueue", queue=task.queue, size=len(task.body), depth=depth)
-        return _json(202, {"queue": task.queue, "depth": depth})
-
-    def _schedule(task: TaskRequest) -> Response:
-        """A delayed POST /api/tasks: into the queue's delayed set, due on Redis's clock."""
-        done = pushed(
-            lambda: enqueue_delayed(redis_client, task.queue, task.body, task.delay, *waits)
+        shard = shards.next(task.queue)
+        onto = (
+            {"queue": task.queue} if shard == task.queue else {"queue": task.queue, "shard": shard}
         )
+        if task.delay > 0:
+            return _schedule(task, shard, onto)
+        depth = pushed(lambda: enqueue(redis_client, shard, task.body, *waits))
+        _log.info("web.enqueue", queue=shard, size=len(task.body), depth=depth)
+        return _json(202, {**onto, "depth": depth})
+
+    def _schedule(task: TaskRequest, shard: str, onto: dict[str, str]) -> Response:
+        """A delayed POST /api/tasks: into the shard's delayed set, due on Redis's clock."""
+        done = pushed(lambda: enqueue_delayed(redis_client, shard, task.body, task.delay, *waits))
         _log.info(
             "web.enqueue_delayed",
-            queue=task.queue,
+            queue=shard,
             size=len(task.body),
             delay=task.delay,
             delayed=done.delayed,
         )
-        doc = {"queue": task.queue, "delay": task.delay, "due_at": done.due_at}
+        doc = {**onto, "delay": task.delay, "due_at": done.due_at}
         return _json(202, {**doc, "delayed": done.delayed})
 
     @app.get("/api/queues")
     def queues() -> Response:
         rows = health.observe(
-            lambda: [row.as_dict() for row in queue_statuses(redis_client, settings.queues)]
+            lambda: [
+                row.as_dict()
+                for row in sharded_statuses(redis_client, settings.queues, settings.shards)
+            ]
         )
         return _json(200, {"queues": rows})
 

@@ -46,6 +46,7 @@ def _duties(held: list[Any], **values: str) -> tuple[Duties, Recorder, list[floa
         link,
         lambda: held,
         lambda: now[0],  # type: ignore[arg-type]
+        structlog.get_logger(),
     )
     duties.beaten(0.0)  # as at startup
     return duties, queue, now
