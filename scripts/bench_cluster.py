@@ -20,13 +20,12 @@ each its own hash tag) placed one per primary (shard i on primary i mod P). Each
 
 Two layouts of consumers: ``per-shard`` (consumer i is given ``--queue {bench:i}``) and
 ``shards`` (each of the P consumers is given ``--queue {bench} --shards N`` and serves every
-shard); ``shards`` is skipped with "not built yet" when a consumer given ``--shards 2`` does
-not serve the second shard (a 6 s probe). The set-ups alternate within each of the
-``--repeat`` repetitions (all clusters stay up, so background load hits all alike); medians
-and ratios to P=1 are reported. The CPU seconds of the redis-servers, of the consumers, of
-this script and of the whole machine (/proc) are recorded per drain: with P primaries and P
-consumers on a 2-core machine the processes compete for the cores, and the CPU columns say
-where the ceiling is.
+shard, in turns). The set-ups alternate within each of the ``--repeat`` repetitions (all
+clusters stay up, so background load hits all alike); medians and ratios to P=1 are
+reported. The CPU seconds of the redis-servers, of the consumers, of this script and of the
+whole machine (/proc) are recorded per drain: with P primaries and P consumers on a 2-core
+machine the processes compete for the cores (and with whatever else runs there), and the CPU
+columns say where the ceiling is.
 
 Exit 0 with the report; 1 with one line when the run itself fails; 130 on Ctrl-C (every
 server and consumer stopped in all three cases).
@@ -328,10 +327,6 @@ def check_clean(setup: Setup) -> None:
                     raise RuntimeError(f"{key} is not empty after the drain: a task failed")
 
 
-class Stalled(RuntimeError):
-    """No task was acked for --stall seconds (the consumers are alive but not draining)."""
-
-
 @dataclass(frozen=True)
 class Variant:
     layout: str
@@ -373,7 +368,7 @@ def drain(
                 break
             if now - seen_at > args.stall:
                 consumers.check_alive()
-                raise Stalled(
+                raise RuntimeError(
                     f"{variant.name}, {setup.primaries} primaries: no task acked for "
                     f"{args.stall:g} s ({left} of {variant.tasks} left)"
                 )
@@ -397,16 +392,6 @@ def drain(
         "tasks_per_cpu_s": variant.tasks / ours if ours > 0 else float("inf"),
         "cpu": cpu,
     }
-
-
-def shards_served(setup: Setup, workdir: Path, args: argparse.Namespace) -> bool:
-    """Whether one consumer given ``--queue {bench} --shards N`` drains every shard."""
-    probe = argparse.Namespace(**{**vars(args), "stall": 6.0})
-    try:
-        drain(setup, Variant("shards", 1, 4 * len(setup.shards)), workdir, probe)
-    except Stalled:
-        return False
-    return True
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -444,17 +429,7 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
             setup.join()
             where = ", ".join(f"{s} on :{setup.node(i).port}" for i, s in enumerate(setup.shards))
             log(f"  cluster of {p} primar{'y' if p == 1 else 'ies'} up: {where}")
-        skipped: dict[str, str] = {}
         layouts = list(args.layout)
-        largest = setups[max(args.primaries)]
-        probe = "shards" in layouts and largest.primaries > 1
-        if probe and not shards_served(largest, workdir, args):
-            skipped["shards"] = (
-                "not built yet (a consumer given --queue {bench} --shards N did not "
-                "drain every shard)"
-            )
-            layouts.remove("shards")
-            log(f"  layout shards skipped: {skipped['shards']}")
         variants = [
             Variant(layout, prefetch, args.tasks if prefetch > 1 else args.tasks_prefetch_1)
             for layout in layouts
@@ -486,7 +461,6 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
         "tasks_prefetch_1": args.tasks_prefetch_1,
         "repeat": args.repeat,
         "primaries": args.primaries,
-        "skipped": skipped,
         "started_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
         "seconds": round(time.time() - started, 1),
         "machine": info,
@@ -546,8 +520,16 @@ def report(result: dict[str, Any]) -> None:
         f"{m['nproc']}: others = every other process on the machine\n"
     )
     cpu = ("redis", "(busiest)", "consumers", "(busiest)", "bench", "irq", "others", "steal")
-    keys = ("redis", "busiest_redis", "consumers", "busiest_consumer", "bench", "interrupts")
-    keys += ("others", "steal")
+    keys = [
+        "redis",
+        "busiest_redis",
+        "consumers",
+        "busiest_consumer",
+        "bench",
+        "interrupts",
+        "others",
+        "steal",
+    ]
     print(
         f"  {'layout':<9} {'prefetch':>8} {'P':>2} {'shards':>6} {'consumers':>9} {'tasks/s':>9} "
         f"{'[min-max]':>19} {'vs P=1':>7} {'per CPU-s':>9} | CPU cores: "
@@ -561,8 +543,6 @@ def report(result: dict[str, Any]) -> None:
             f"{r['tasks_per_cpu_s']:>9,.0f} | "
             f"{'':11}" + " ".join(f"{r['cores_' + k]:>9.2f}" for k in keys)
         )
-    for name, why in result["skipped"].items():
-        print(f"  {name:<9} {why}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
