@@ -21,19 +21,20 @@ each its own hash tag) placed one per primary (shard i on primary i mod P). Each
 Two layouts of consumers: ``per-shard`` (consumer i is given ``--queue {bench:i}``) and
 ``shards`` (each of the P consumers is given ``--queue {bench} --shards N`` and serves every
 shard, in turns). The set-ups alternate within each of the ``--repeat`` repetitions (all
-clusters stay up, so background load hits all alike); medians and ratios to P=1 are
-reported. The CPU seconds of the redis-servers, of the consumers, of this script and of the
-whole machine (/proc) are recorded per drain: with P primaries and P consumers on a 2-core
-machine the processes compete for the cores (and with whatever else runs there), and the CPU
-columns say where the ceiling is.
+clusters stay up, so background load hits all alike; P in the order 1 2 3, then 3 2 1, so a
+drift of the load does not favour one P); medians and ratios to P=1 are reported (the ratio
+of the medians, and the median of each repetition's own ratio). The CPU seconds of the
+redis-servers, of the consumers, of this script and of the whole machine (/proc) are recorded
+per drain: with P primaries and P consumers on a 2-core machine the processes compete for the
+cores (and with whatever else runs there), and the CPU columns say where the ceiling is.
 
 Exit 0 with the report; 1 with one line when the run itself fails; 130 on Ctrl-C (every
 server and consumer stopped in all three cases).
 
 Examples::
 
-    .venv/bin/python scripts/bench_cluster.py                       # make bench-cluster
-    .venv/bin/python scripts/bench_cluster.py --tasks 200000 --repeat 3 --prefetch 100 1
+    .venv/bin/python scripts/bench_cluster.py        # make bench-cluster: ~4-5 min
+    .venv/bin/python scripts/bench_cluster.py --tasks 200000 --repeat 3 --prefetch 100
     .venv/bin/python scripts/bench_cluster.py --tasks 2000 --repeat 1 --primaries 1,2 --json
 """
 
@@ -438,7 +439,8 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
         runs: list[dict[str, Any]] = []
         for rep in range(1, args.repeat + 1):
             for variant in variants:
-                for p in args.primaries:
+                order = args.primaries if rep % 2 else args.primaries[::-1]  # 1 2 3, 3 2 1, ...
+                for p in order:
                     got = drain(setups[p], variant, workdir, args)
                     got.update(primaries=p, layout=variant.layout, prefetch=variant.prefetch,
                                repeat=rep)  # fmt: skip
@@ -475,6 +477,7 @@ def table(runs: list[dict[str, Any]], primaries: list[int]) -> list[dict[str, An
     keys = sorted({(r["layout"], r["prefetch"]) for r in runs}, key=lambda k: (k[0], -k[1]))
     for layout, prefetch in keys:
         base = None
+        base_by_rep: dict[int, float] = {}
         for p in primaries:
             mine = [
                 r
@@ -486,6 +489,8 @@ def table(runs: list[dict[str, Any]], primaries: list[int]) -> list[dict[str, An
             rates = [r["tasks_per_s"] for r in mine]
             med = statistics.median(rates)
             base = base or med
+            base_by_rep = base_by_rep or {r["repeat"]: r["tasks_per_s"] for r in mine}
+            paired = [r["tasks_per_s"] / base_by_rep[r["repeat"]] for r in mine]
 
             def cores(name: str, mine: list[dict[str, Any]] = mine) -> float:
                 return statistics.median(r["cpu"][name] / r["cpu"]["wall_s"] for r in mine)
@@ -493,7 +498,8 @@ def table(runs: list[dict[str, Any]], primaries: list[int]) -> list[dict[str, An
             rows.append({
                 "layout": layout, "prefetch": prefetch, "primaries": p, "shards": p,
                 "consumers": p, "tasks_per_s": med, "min": min(rates), "max": max(rates),
-                "ratio": med / base, "drained": all(r["drained"] for r in mine),
+                "ratio": med / base, "ratio_paired": statistics.median(paired),
+                "drained": all(r["drained"] for r in mine),
                 "tasks_per_cpu_s": statistics.median(r["tasks_per_cpu_s"] for r in mine),
                 "cores_redis": cores("servers_s"), "cores_busiest_redis": cores("busiest_server_s"),
                 "cores_consumers": cores("consumers_s"),
@@ -515,7 +521,8 @@ def report(result: dict[str, Any]) -> None:
     print(
         f"queue {result['queue']} over N = P shards, one per primary, P consumers "
         f"({result['handler']}, --log-level {result['log_level']}); median of "
-        f"{result['repeat']} drains [min-max]; per CPU-s: tasks per CPU second of the "
+        f"{result['repeat']} drains [min-max]; vs P=1: ratio of the medians; paired: median "
+        f"of each repetition's ratio to its own P=1 drain; per CPU-s: tasks per CPU second of the "
         f"redis-servers and consumers together; CPU in cores (CPU s / drain wall s) of the "
         f"{m['nproc']}: others = every other process on the machine\n"
     )
@@ -532,7 +539,7 @@ def report(result: dict[str, Any]) -> None:
     ]
     print(
         f"  {'layout':<9} {'prefetch':>8} {'P':>2} {'shards':>6} {'consumers':>9} {'tasks/s':>9} "
-        f"{'[min-max]':>19} {'vs P=1':>7} {'per CPU-s':>9} | CPU cores: "
+        f"{'[min-max]':>19} {'vs P=1':>7} {'paired':>7} {'per CPU-s':>9} | CPU cores: "
         + " ".join(f"{c:>9}" for c in cpu)
     )
     for r in result["table"]:
@@ -540,6 +547,7 @@ def report(result: dict[str, Any]) -> None:
         print(
             f"  {r['layout']:<9} {r['prefetch']:>8} {r['primaries']:>2} {r['shards']:>6} "
             f"{r['consumers']:>9} {r['tasks_per_s']:>9,.0f} {rng:>19} {r['ratio']:>6.2f}x "
+            f"{r['ratio_paired']:>6.2f}x "
             f"{r['tasks_per_cpu_s']:>9,.0f} | "
             f"{'':11}" + " ".join(f"{r['cores_' + k]:>9.2f}" for k in keys)
         )
@@ -554,8 +562,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--tasks",
         type=int,
-        default=200_000,
-        help="tasks per drain at --prefetch > 1 (default 200000)",
+        default=100_000,
+        help="tasks per drain at --prefetch > 1 (default 100000)",
     )
     parser.add_argument(
         "--tasks-prefetch-1",
@@ -564,13 +572,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help="tasks per drain at --prefetch 1 (default a tenth of --tasks)",
     )
-    parser.add_argument("--repeat", type=int, default=3, help="drains per set-up (median)")
+    parser.add_argument("--repeat", type=int, default=5, help="drains per set-up (default 5)")
     parser.add_argument(
         "--prefetch",
         type=int,
         nargs="+",
-        default=[100],
-        help="consumers' --prefetch values (default 100; e.g. 100 1)",
+        default=[100, 1],
+        help="consumers' --prefetch values (default 100 1: the fastest and taskd's default)",
     )
     parser.add_argument(
         "--layout",

@@ -48,7 +48,7 @@ def alive(pid: int) -> bool:
 def test_the_scale_out_bench_drains_every_task_over_one_and_two_primaries() -> None:
     proc = subprocess.run(
         [sys.executable, SCRIPT, "--tasks", "2000", "--repeat", "1", "--primaries", "1,2",
-         "--json"],
+         "--prefetch", "100", "--json"],
         capture_output=True, text=True, timeout=90, cwd=str(ROOT), check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
