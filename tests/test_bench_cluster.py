@@ -113,3 +113,14 @@ def test_a_hand_formed_cluster_puts_given_slots_on_given_primaries(tmp_path: Pat
     with contextlib.suppress(redis.RedisError):
         assert not cluster.primary(0).ping()
     assert not any(n.pid for n in cluster.nodes), os.listdir(tmp_path)
+
+
+def test_a_run_that_cannot_start_exits_1_with_one_line() -> None:
+    env = {**os.environ, "PATH": "/nonexistent"}  # no redis-server to start
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, "--tasks", "100", "--repeat", "1", "--primaries", "1"],
+        capture_output=True, text=True, timeout=30, cwd=str(ROOT), env=env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bench-cluster failed: "), lines
