@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 3
 
-.PHONY: setup run dev stop status test lint typecheck bench bench-quick bench-loops soak clean
+.PHONY: setup run dev stop status test lint typecheck bench bench-quick bench-loops bench-cluster soak clean
 
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	@scripts/setup.sh
@@ -47,6 +47,10 @@ bench-quick: setup
 
 bench-loops: setup
 	$(BIN)/python scripts/bench.py --loops --tasks 20000 --repeat 5 --more --pin 1
+
+# bench-cluster: one queue over 1, 2, 3 cluster primaries (N shards, P consumers), as ratios
+bench-cluster: setup
+	$(BIN)/python scripts/bench_cluster.py $(BENCH_CLUSTER_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

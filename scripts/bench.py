@@ -1098,7 +1098,9 @@ def peers_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="taskd against the seed's loop, Celery, Dramatiq and RQ in one run "
         "(each peer from the optional 'bench' extra, skipped with a note when missing); "
-        "--loops runs the older in-process loop comparison instead (see --loops --help).",
+        "--loops runs the older in-process loop comparison instead (see --loops --help); "
+        "one queue over 1, 2, 3 Redis Cluster primaries is scripts/bench_cluster.py "
+        "(make bench-cluster).",
     )
     parser.add_argument("--quick", action="store_true",
                         help="CI mode: 200 tasks, 1 repeat, short windows; peers: one no-op drain")

@@ -2,8 +2,11 @@
 
 Each node is a `RedisServer` started with ``--cluster-enabled yes`` in a directory of its own;
 ``redis-cli --cluster create ... --cluster-replicas 1`` assigns the slots and the replicas.
-Used by tests/test_cluster.py (one cluster per module: creating one takes a few seconds).
-Never port 6379, never a node the harness did not start.
+Fewer than 3 primaries (which redis-cli refuses), or given slots on given primaries
+(``slots={slot: primary index}``), are formed by hand instead (`tools.harness.cluster_form`:
+ADDSLOTSRANGE, MEET, REPLICATE). Used by tests/test_cluster.py (one cluster per module:
+creating one takes a few seconds) and scripts/bench_cluster.py (1, 2, 3 primaries, no
+replicas). Never port 6379, never a node the harness did not start.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import redis
 from redis.cluster import ClusterNode
 
+from tools.harness import cluster_form
 from tools.harness.ports import free_port_block
 from tools.harness.redis_server import RedisServer, RedisStartError
 
@@ -28,15 +33,29 @@ class ClusterStartError(RuntimeError):
 
 
 class RedisCluster:
-    """`primaries` primaries, each with `replicas` replicas, on ports P*100 .. P*100+n-1."""
+    """`primaries` primaries, each with `replicas` replicas, on ports P*100 .. P*100+n-1.
+
+    The first `primaries` nodes are the primaries (in order: primary i is ``nodes[i]``), the
+    replicas follow. `slots` (slot -> primary index) puts those slots on those primaries; the
+    others are spread in even contiguous ranges, as redis-cli does.
+    """
 
     def __init__(
-        self, workdir: Path, primaries: int = 3, replicas: int = 1, password: str | None = None
+        self,
+        workdir: Path,
+        primaries: int = 3,
+        replicas: int = 1,
+        password: str | None = None,
+        slots: Mapping[int, int] | None = None,
     ) -> None:
+        if primaries < 1 or replicas < 0:
+            raise ValueError("a cluster needs a primary or more, and 0 or more replicas each")
         self.workdir = workdir
         self.password = password
         self.primaries = primaries
         self.replicas = replicas
+        self.slots = dict(slots or {})
+        cluster_form.owners(primaries, self.slots)  # a bad placement fails here, not at start
         count = primaries * (1 + replicas)
         # each node's cluster bus on port + BUS_OFFSET (not redis's +10000: the ephemeral range)
         base = free_port_block(BUS_OFFSET + count) * 100
@@ -74,10 +93,43 @@ class RedisCluster:
 
     def start(self, timeout: float = 30.0) -> RedisCluster:
         """Start every node, create the cluster, return once every node says cluster_state:ok."""
+        return self.launch().join(timeout)
+
+    def launch(self) -> RedisCluster:
+        """Start every node and return once each answers (not a cluster yet: `join` forms it).
+        Launching several clusters, then joining each, overlaps their ~2 s of start-up."""
         for node in self.nodes:
             node.start(wait=False)
         for node in self.nodes:
             node.wait_answering(10)
+        return self
+
+    def join(self, timeout: float = 30.0) -> RedisCluster:
+        """Form the launched nodes into the cluster; return once every node says it is ok
+        (cluster_state:ok, every slot served, every node known) and every replica is in sync."""
+        if self.primaries < 3 or self.slots:
+            self._form_by_hand()
+        else:
+            self._create_with_redis_cli(timeout)
+        self.wait_ok(timeout)
+        deadline = time.monotonic() + timeout
+        while not self.known_by_all():
+            if time.monotonic() >= deadline:
+                raise ClusterStartError(f"nodes did not all meet within {timeout:g} s")
+            time.sleep(0.05)
+        self.wait_replicas_synced(timeout)
+        return self
+
+    def _form_by_hand(self) -> None:
+        primaries = self.nodes[: self.primaries]
+        cluster_form.form(
+            primaries,
+            self.nodes[self.primaries :],
+            cluster_form.slot_ranges(self.primaries, self.slots),
+            lambda node: node.port + BUS_OFFSET,
+        )
+
+    def _create_with_redis_cli(self, timeout: float) -> None:
         cli = shutil.which("redis-cli")
         if not cli:
             raise RedisStartError("redis-cli not found on PATH (apt-get install redis-tools)")
@@ -87,9 +139,6 @@ class RedisCluster:
         done = subprocess.run(args, capture_output=True, timeout=timeout, check=False)
         if done.returncode != 0:
             raise ClusterStartError(f"redis-cli --cluster create failed: {done.stdout[-800:]!r}")
-        self.wait_ok(timeout)
-        self.wait_replicas_synced(timeout)
-        return self
 
     def wait_replicas_synced(self, timeout: float) -> None:
         """Return once every live replica is connected to its primary and in sync."""
@@ -138,6 +187,43 @@ class RedisCluster:
         except redis.RedisError:
             return False
         return info.get("cluster_state") == "ok" and str(info.get("cluster_slots_ok")) == "16384"
+
+    def known_by_all(self) -> bool:
+        """Every live node knows every other one (the MEETs of a hand-formed cluster gossiped)."""
+        count = len(self.live())
+        for node in self.live():
+            try:
+                client = node.client(socket_timeout=1, socket_connect_timeout=1)
+                try:
+                    known = int(client.cluster("info").get("cluster_known_nodes", 0))
+                finally:
+                    client.close()
+            except redis.RedisError:
+                return False
+            if known < count:
+                return False
+        return True
+
+    def place(self, placement: Mapping[int, int]) -> None:
+        """Put each slot of `placement` (slot -> primary index) on that primary, in a running
+        cluster: the slots must be empty (CLUSTER SETSLOT NODE on every node); returns once
+        every node agrees."""
+        primaries = self.nodes[: self.primaries]
+        cluster_form.place_slots(self.live(), {s: primaries[p] for s, p in placement.items()})
+        self.slots.update(placement)
+        deadline = time.monotonic() + 10
+        while not all(
+            cluster_form.slot_served_by(node, slot) == primaries[p].port
+            for slot, p in placement.items()
+            for node in self.live()
+        ):
+            if time.monotonic() >= deadline:
+                raise ClusterStartError(f"slots {sorted(placement)} not placed within 10 s")
+            time.sleep(0.05)
+
+    def primary(self, index: int) -> RedisServer:
+        """Primary `index` as formed (before any failover)."""
+        return self.nodes[index]
 
     def live(self) -> list[RedisServer]:
         return [node for node in self.nodes if node.pid is not None]
