@@ -352,7 +352,10 @@ def _warn_unserved_shards(client: Any, settings: Settings) -> None:
 
     for queue in settings.queues:
         shard = unserved_shard(queue, settings.shards)
-        waiting = int(client.llen(shard))
+        try:
+            waiting = int(client.llen(shard))
+        except redis.exceptions.NoPermissionError:
+            return  # an ACL user limited to the queues it serves: nothing to say
         if waiting:
             print(
                 f"warning: {shard} holds {waiting} task(s): {queue} has more shards than "

@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import redis
+
 from daemon.config import Settings
 from daemon.faults import LinkState
 from daemon.inflight import Task
@@ -61,7 +63,7 @@ class Duties:
         # idle: about once per blocking claim of the whole queue (an idle consumer of N
         # shards blocks on each for block timeout / N: it need not look N times as often)
         self._idle_promote_every = max(PROMOTE_EVERY, 0.9 * settings.block_timeout)
-        self._unserved: set[str] = set()  # shards past ours found holding tasks
+        self._unserved: set[str] | None = set()  # shards past ours holding tasks; None: no look
         self.log = log
 
     def run(self, now: float) -> bool:
@@ -133,11 +135,26 @@ class Duties:
         self._next["recover"] = now + self.settings.heartbeat_ttl
 
     def _look_for_unserved_shards(self) -> None:
-        """Tasks on a shard past ours would wait for ever, unseen: say so (once per change)."""
+        """Tasks on a shard past ours would wait for ever, unseen: say so (once per change).
+
+        An ACL user whose key patterns leave out the shard's name cannot look: said once.
+        """
+        if self._unserved is None:
+            return
         client = self.queues[0].client
         for queue in self.settings.queues:
             shard = unserved_shard(queue, self.settings.shards)
-            waiting = int(client.llen(shard))
+            try:
+                waiting = int(client.llen(shard))
+            except redis.exceptions.NoPermissionError:
+                self._unserved = None
+                self.log.info(
+                    "queue.unserved_shard_unchecked",
+                    shard=shard,
+                    note="the ACL user may not read it: tasks pushed onto more shards than "
+                    "this consumer serves are not looked for (docs/scale-out.md)",
+                )
+                return
             if bool(waiting) != (shard in self._unserved):
                 self._unserved.symmetric_difference_update({shard})
                 if waiting:

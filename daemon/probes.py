@@ -19,12 +19,14 @@ from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import redis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from daemon import metrics
 from daemon.config import ConfigError, Settings
+from daemon.duties import UNSERVED_EVERY
 from daemon.faults import LinkState
 from daemon.keys import unserved_shard
 from daemon.liveness import GuardedThread, Progress, Snapshot, stall_reason
@@ -72,6 +74,8 @@ class QueueDepthCollector(Collector):
         self.queues: tuple[str, ...] = settings.served_queues  # each shard: a label value
         # the shard past ours: exported only while it holds tasks (TaskdNoLiveConsumers)
         self.unserved = tuple(unserved_shard(q, settings.shards) for q in settings.queues)
+        self._unserved_at = 0.0
+        self._unserved_found: list[QueueStatus] = []
         self.deadline = deadline
         self.clock = clock
         self.errors = 0
@@ -112,12 +116,31 @@ class QueueDepthCollector(Collector):
         from daemon.status import queue_statuses
 
         try:
-            rows = queue_statuses(self.client, self.queues + self.unserved)
+            rows = queue_statuses(self.client, self.queues)
         except Exception:  # noqa: BLE001 - counted by the scrape that finds no fresh read
             return
-        served = len(self.queues)
-        rows = rows[:served] + [r for r in rows[served:] if r.pending or r.delayed]
+        rows += self._unserved_rows()
         self._last = (self.clock(), rows)  # fresh for every scrape waiting now
+
+    def _unserved_rows(self) -> list[QueueStatus]:
+        """The shards past ours that hold tasks: one LLEN each, every UNSERVED_EVERY seconds
+        (a scrape in between reuses the last look); none when the ACL forbids the look."""
+        now = self.clock()
+        if self.unserved and now >= self._unserved_at:
+            self._unserved_at = now + UNSERVED_EVERY
+            pipe = self.client.pipeline(transaction=False)
+            for shard in self.unserved:
+                pipe.llen(shard)
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except redis.RedisError:
+                replies = []
+            self._unserved_found = [
+                QueueStatus(shard, int(n), 0, 0, 0)
+                for shard, n in zip(self.unserved, replies, strict=False)
+                if isinstance(n, int) and n > 0
+            ]
+        return self._unserved_found
 
     def _families(
         self, rows: Sequence[QueueStatus] = (), age: float | None = None

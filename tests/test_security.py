@@ -224,6 +224,9 @@ def test_consumer_acl_user_covers_reliable_consumption_and_recovery(
             assert 'taskd_queue_depth{queue="task:q",state="dead"} 1.0' in r.read().decode()
         out = peer.log_path.read_text()
         assert "NOPERM" not in out and "recovery.dead_worker" in out
+        # `~task:*` leaves out the shard past ours ({task:q:0}): the look is given up, once
+        (unchecked,) = peer.events("queue.unserved_shard_unchecked")
+        assert unchecked["shard"] == "{task:q:0}"
     finally:
         server.stop()
 
