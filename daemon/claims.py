@@ -6,9 +6,10 @@ BLMOVE of one with a finite timeout, so a push is seen at once. Several queues a
 the order given (priority), each tried without blocking before one is blocked on, in turn.
 
 The shards of one queue (--shards) are served fairly instead: claims keep to one shard for
-SHARD_TURN tasks (so an ack can carry the next claim of the same shard, on its node), then
-move on to the next one, or at once when that shard is found empty. Each consumer starts at
-a shard of its own (from its worker id), so consumers block on different shards when idle.
+a turn of SHARD_TURN tasks or TURN_BATCHES batches, whichever is more (so most acks carry
+the next claim of the same shard, on its node), then move on to the next one, or at once
+when that shard is found empty. Each consumer starts at a shard picked from its worker id,
+so consumers mostly begin, and block when idle, on different shards.
 
 Redis full (OOM under noeviction) is not Redis down: BLMOVE and LMOVE are refused, so the
 claim becomes a non-blocking allow-oom script (polling), and a plain claim every
@@ -17,8 +18,8 @@ OOM_PROBE_EVERY seconds tells when Redis accepts writes again.
 
 from __future__ import annotations
 
+import hashlib
 import threading
-import zlib
 from collections.abc import Callable, Sequence
 
 import redis
@@ -29,6 +30,7 @@ from daemon.reliable import ReliableQueue
 OOM_POLL = 0.3  # seconds between claims of an empty queue while Redis is out of memory
 OOM_PROBE_EVERY = 0.5  # seconds between plain claims that tell whether Redis is still full
 SHARD_TURN = 32  # tasks claimed from one shard of a queue before the next shard's turn
+TURN_BATCHES = 4  # ... or this many batches (--prefetch, --concurrency), if that is more
 
 Claimed = list[tuple[ReliableQueue, bytes]]
 
@@ -36,8 +38,11 @@ Claimed = list[tuple[ReliableQueue, bytes]]
 class ShardTurns:
     """Which shard of each queue is served now: priority between queues, turns within one."""
 
-    def __init__(self, groups: Sequence[Sequence[ReliableQueue]], seed: int) -> None:
+    def __init__(
+        self, groups: Sequence[Sequence[ReliableQueue]], seed: int, turn: int = SHARD_TURN
+    ) -> None:
         self.groups = [list(group) for group in groups]
+        self.turn = turn  # tasks per turn
         self._where = {id(q): (g, i) for g, group in enumerate(groups) for i, q in enumerate(group)}
         self._current = [seed % len(group) for group in self.groups]
         self._taken = [0] * len(self.groups)
@@ -60,7 +65,7 @@ class ShardTurns:
         if i != self._current[g]:
             self._current[g], self._taken[g] = i, 0
         self._taken[g] += n
-        if self._taken[g] >= SHARD_TURN:
+        if self._taken[g] >= self.turn:
             self._current[g] = (i + 1) % len(self.groups[g])
             self._taken[g] = 0
 
@@ -82,10 +87,13 @@ class Claimer:
         memory: MemoryState,
         stop: threading.Event,
         clock: Callable[[], float],
+        batch: int = 1,
     ) -> None:
         self.queues = [q for group in groups for q in group]
-        seed = zlib.crc32(self.queues[0].worker.encode()) if self.queues else 0
-        self.turns = ShardTurns(groups, seed)
+        worker = self.queues[0].worker.encode() if self.queues else b""
+        seed = int.from_bytes(hashlib.sha1(worker).digest()[:4], "big")
+        # a turn of several batches, so most acks carry the next claim of the same shard
+        self.turns = ShardTurns(groups, seed, max(SHARD_TURN, TURN_BATCHES * batch))
         self.memory = memory
         self.stop = stop
         self.clock = clock

@@ -99,7 +99,8 @@ class Consumer(RedisLoop):
         ]
         self.queues = [q for group in groups for q in group]  # every shard of every queue
         self.memory = MemoryState(self.link, self.log)
-        self.claimer = Claimer(groups, self.memory, self.stop_requested, clock)
+        batch = max(settings.prefetch, settings.concurrency)
+        self.claimer = Claimer(groups, self.memory, self.stop_requested, clock, batch)
         self.faults.on_reconnect.append(self._reconnected)
         self.faults.on_disconnect.append(self._link_lost)
         self.faults.on_oom.append(lambda: self.claimer.memory_seen(True))

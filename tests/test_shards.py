@@ -15,7 +15,7 @@ import pytest
 
 from conftest import DaemonFactory, RedisServer, free_port, wait_until
 from daemon import exitcodes
-from daemon.claims import SHARD_TURN, ShardTurns
+from daemon.claims import SHARD_TURN, TURN_BATCHES, ShardTurns
 from daemon.keys import shard_names
 from daemon.producer import ShardCycle
 from daemon.status import QueueStatus, summed
@@ -119,8 +119,8 @@ def test_a_consumer_serves_its_shards_in_turns_not_one_after_the_other(
     wait_until(lambda: len(taskd.done_bodies()) >= 450, 40, "450 tasks done")
     served = [body.split("-")[0] for body in taskd.done_bodies()]
     runs = [len(list(run)) for _, run in itertools.groupby(served)]
-    # turns of SHARD_TURN tasks (the batch that ends a turn may overrun it by prefetch - 1)
-    longest = SHARD_TURN + int(prefetch) - 1
+    # turns of SHARD_TURN tasks or 4 batches (the batch ending a turn may overrun it)
+    longest = max(SHARD_TURN, TURN_BATCHES * int(prefetch)) + int(prefetch) - 1
     assert max(runs) <= longest and len(runs) >= 450 // longest, runs
     for shard in SHARDS:  # FIFO within each shard
         mine = [b for b in taskd.done_bodies() if b.startswith(shard)]
