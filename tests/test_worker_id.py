@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -138,3 +139,29 @@ def test_a_restarted_supervisord_process_keeps_its_default_id_and_takes_its_list
     assert recovered["returned"] == 1
     assert second.wait_for_event("consumer.started", 10)[0]["worker"] == worker
     assert second.events("worker.id_taken_over")
+
+
+def test_after_an_upgrade_the_old_format_ids_list_is_recovered_by_a_peer_nothing_lost(
+    redis_server: RedisServer, taskd: DaemonFactory
+) -> None:
+    """The previous version's id (`<host>:consumer_00`) is not the new one: its list is a dead
+    peer's, taken back within heartbeat TTL + recovery interval by the new process."""
+    queue, ttl, interval = "up", 2.0, 1.0
+    args = ["--queue", queue, "--handler", "handlers_for_tests:record"]
+    args += ["--heartbeat-ttl", str(ttl), "--recovery-interval", str(interval)]
+    old_id = f"{socket.gethostname()}:consumer_00"
+    redis_server.client().lpush(queue, "slow:2:held")
+    old = taskd.consume(redis_server.url, *args, "--worker-id", old_id)
+    wait_until(lambda: taskd.records(), 15, "the old version's process at work")
+    old.signal(signal.SIGKILL)
+    old.wait(10)
+    killed_at = time.monotonic()
+    new = taskd.consume(redis_server.url, *args, SUPERVISOR_PROCESS_NAME="consumer_00")
+    found = new.wait_for_event("recovery.dead_worker", 2 * (ttl + interval) + 5)[0]
+    assert (found["dead_worker"], found["returned"]) == (old_id, 1)
+    assert time.monotonic() - killed_at <= ttl + interval + 2.5  # 2.5 s: startup on 2 cores
+    assert new.events("consumer.started")[0]["worker"] != old_id
+    wait_until(lambda: "slow:2:held" in taskd.done_bodies(), 15, "the task done by the new one")
+    client = redis_server.client()
+    assert client.exists(f"{queue}:processing:{old_id}") == 0
+    assert old_id.encode() not in client.zrange(f"{queue}:workers", 0, -1)
