@@ -30,7 +30,7 @@ MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 PIDNS_LINK = "/proc/self/ns/pid"
 TAG_LENGTH = 8  # hex digits: 32 bits, to tell apart the machines that share one host name
-_LABEL = b"taskd worker id"  # the application key of the HMAC (never change: ids would)
+_LABEL = b"taskd worker id"  # what the HMAC signs: taskd's own (never change it: ids would)
 
 
 def is_machine_id(text: str) -> bool:
