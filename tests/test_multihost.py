@@ -396,8 +396,9 @@ def test_hosts_with_one_hostname_get_different_default_ids_and_both_consume(
     assert ids == [f"twin:{tag_of(d.pid, h.machine_id)}:consumer_00" for h, d in pairs]
     assert ids[0] != ids[1]
     admin = server.client()
-    for worker in ids:  # each one's owner record: host "twin"
-        assert json.loads(admin.get(f"{QUEUE}:alive:{worker}"))["host"] == "twin"
+    alive = [f"{QUEUE}:alive:{worker}" for worker in ids]
+    wait_until(lambda: all(admin.exists(key) for key in alive), 10, "both ids taken")
+    assert [json.loads(admin.get(key))["host"] for key in alive] == ["twin", "twin"]
 
     producer = Producer(server.port, QUEUE, every=0.02, prefix="twin")
     producer.start()
