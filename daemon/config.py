@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import socket
 import tomllib
 from collections.abc import Mapping
 from typing import Any
@@ -30,6 +29,7 @@ from daemon.settings_spec import (
     rows,
     secrets,
 )
+from daemon.worker_id import local_default_worker_id
 
 __all__ = [
     "DECLARED",
@@ -124,9 +124,9 @@ def from_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def default_worker_id(env: Mapping[str, str]) -> str:
-    """`<host>:<supervisor process name>` under supervisord (stable), else `<host>:<pid>`."""
-    name = env.get("SUPERVISOR_PROCESS_NAME")
-    return f"{socket.gethostname()}:{name or os.getpid()}"
+    """`<host>:<machine tag>:<supervisor process name>` under supervisord (stable across
+    restarts), else `<host>:<machine tag>:<pid>`: unique across hosts (daemon/worker_id.py)."""
+    return local_default_worker_id(env.get("SUPERVISOR_PROCESS_NAME", ""))
 
 
 def load(

@@ -265,8 +265,9 @@ class Settings:
     )
     worker_id: str = setting(
         "",
-        "stable id of this worker (its processing list); default host:process-name "
-        "under supervisord, else host:pid",
+        "stable id of this worker (its processing list); default "
+        "<host>:<machine tag>:<process name> under supervisord, else <host>:<machine tag>:<pid> "
+        "(the tag: 8 hex from /etc/machine-id, and the PID namespace in a container)",
         Text("a worker id without spaces", valid=lambda t: not any(c.isspace() for c in t)),
         LOOPS,
     )

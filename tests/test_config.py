@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +25,10 @@ def test_defaults_match_the_design() -> None:
     assert s.socket_timeout == 10.0  # block timeout + margin
     assert s.heartbeat_ttl == 15.0  # 3 x block timeout
     assert s.max_attempts == 5
-    assert s.worker_id.endswith(f":{__import__('os').getpid()}")
+    # <host>:<machine tag>:<pid> (the tag: tests/test_worker_id.py)
+    assert re.fullmatch(
+        rf"{re.escape(socket.gethostname())}:[0-9a-f]{{8}}:{os.getpid()}", s.worker_id
+    )
 
 
 def test_layers_defaults_then_file_then_env_then_flags(tmp_path: Path) -> None:
@@ -41,7 +47,9 @@ def test_layers_defaults_then_file_then_env_then_flags(tmp_path: Path) -> None:
 
 def test_worker_id_is_stable_under_supervisord() -> None:
     s = config.load({}, env={"SUPERVISOR_PROCESS_NAME": "consumer_01"})
-    assert s.worker_id.endswith(":consumer_01")
+    assert re.fullmatch(
+        rf"{re.escape(socket.gethostname())}:[0-9a-f]{{8}}:consumer_01", s.worker_id
+    )
 
 
 def test_env_lists_are_comma_separated() -> None:

@@ -3,7 +3,7 @@
 Two hosts on this machine (tools/harness/hosts.py): network namespaces with their own addresses
 on veth pairs where we may create them, else loopback addresses each behind its own chaos proxy;
 each host's processes see their own hostname. Consumers on both run with the DEFAULT worker id
-(`<hostname>:<pid>`), fed by the harness producer throughout:
+(`<hostname>:<machine tag>:<pid>`, daemon/worker_id.py), fed by the harness producer throughout:
 
 1. both hosts drain one queue together: nothing lost, nothing run twice;
 2. one host's link is cut (a black hole): the other host recovers its tasks within heartbeat
@@ -12,7 +12,9 @@ each host's processes see their own hostname. Consumers on both run with the DEF
 3. the hosts' wall clocks are 20 minutes apart (one 10 min behind, one 10 min ahead): no live
    worker is taken for dead, since heartbeat expiry is a Redis TTL, not a comparison of clocks;
 4. two containers sharing one host's network and hostname, each consumer pid 1: their default
-   ids collide today, and the second waits rather than share the id (nothing lost or doubled).
+   ids differ (by PID namespace) and both consume at once (nothing lost or doubled);
+5. two hosts with one hostname (cloned VMs given new machine ids), each running supervisord's
+   `consumer_00`: their default ids differ (by machine id) and both consume at once.
 """
 
 from __future__ import annotations
@@ -30,9 +32,17 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, Daemon, DaemonFactory, RedisServer, stays_true, wait_until
+from daemon.worker_id import is_machine_id, local_machine_tag, machine_tag
 from handlers_for_tests import RECORD_ENV, read_records
 from tools.harness import Producer
-from tools.harness.hosts import PID_NAMESPACE, Host, Hosts, inner_pid
+from tools.harness.hosts import (
+    PID_NAMESPACE,
+    Host,
+    Hosts,
+    hostnames_available,
+    inner_pid,
+    machine_ids_available,
+)
 
 QUEUE = "mh"
 BLOCK = 0.5  # --block-timeout: heartbeat TTL 1.5 s (3 x), recovery interval 1 s (2 x)
@@ -78,6 +88,15 @@ def worker_of(daemon: Daemon) -> str:
     return str(daemon.events("consumer.started")[0]["worker"])
 
 
+def tag_of(pid: int, machine_id: str = "") -> str:
+    """The machine tag process `pid` derives (seen from outside; `machine_id`: what it reads
+    in /etc/machine-id, "" for this machine's own)."""
+    machine_id = machine_id or Path("/etc/machine-id").read_text().strip()
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert is_machine_id(machine_id)
+    return machine_tag(machine_id, os.readlink(f"/proc/{pid}/ns/pid"), boot)
+
+
 def pids(daemons: list[Daemon]) -> set[str]:
     return {str(d.pid) for d in daemons}
 
@@ -106,9 +125,10 @@ def test_default_worker_ids_name_the_host_and_both_hosts_drain_one_queue(
     on_a, on_b = start_consumers(taskd, a, 2), start_consumers(taskd, b, 2)
     admin = server.client()
 
-    # default ids: <the host's own hostname>:<pid>, and the owner record names that host
+    # default ids: <the host's own hostname>:<this machine's tag>:<pid>, and the owner record
+    # names that host
     ids = {worker_of(d): (host, d) for host, ds in ((a, on_a), (b, on_b)) for d in ds}
-    assert set(ids) == {f"{h.hostname}:{d.pid}" for h, d in ids.values()}
+    assert set(ids) == {f"{h.hostname}:{local_machine_tag()}:{d.pid}" for h, d in ids.values()}
     assert len(ids) == 4  # distinct: by hostname, and by pid where hosts could not be renamed
     wait_until(
         lambda: {w.decode() for w in admin.zrange(f"{QUEUE}:workers", 0, -1)} == set(ids),
@@ -299,15 +319,14 @@ class Container(Daemon):
         return [body for _, phase, body in read_records(self.record) if phase == "done"]
 
 
-def test_host_networked_containers_never_share_a_worker_id_at_once(
+def test_host_networked_containers_get_different_default_ids_and_both_consume(
     taskd: DaemonFactory, hosts: tuple[Hosts, RedisServer]
 ) -> None:
     """Two containers on one host with its network and hostname, each consumer pid 1.
 
-    Their default ids are both `host-a:1` today (the finding in the report): the second waits
-    (`worker.id_held_elsewhere`) and runs nothing until the first stops, then takes the id over.
-    With unique default ids both would simply work. Either way: no id consumed by two processes
-    at once, nothing lost, nothing run twice.
+    Before issue 14's fix both default ids were `host-a:1`, and the second waited
+    (`worker.id_held_elsewhere`) until the first stopped. Now each id carries its own PID
+    namespace's tag, `host-a:<tag>:1`: both consume at once, nothing lost, nothing run twice.
     """
     two, server = hosts
     a = two.hosts[0]
@@ -323,24 +342,78 @@ def test_host_networked_containers_never_share_a_worker_id_at_once(
     first, second = containers
     ids = [worker_of(c) for c in containers]
     assert [c.events("consumer.started")[0]["pid"] for c in containers] == [1, 1]
+    inner = [inner_pid(c.proc.pid) for c in containers]
+    assert ids == [f"{a.hostname}:{tag_of(pid)}:1" for pid in inner]
+    assert ids[0] != ids[1]
 
     producer = Producer(server.port, QUEUE, every=0.02, prefix="ct")
     producer.start()
-    wait_until(lambda: len(first.done()) >= 20, 15, "the first container at work")
-    if ids[0] == ids[1]:
-        second.wait_for_event("worker.id_held_elsewhere", 10)
-        stays_true(lambda: not second.done(), TTL, "the second container idle meanwhile")
-        first.signal(signal.SIGTERM)
-        assert first.wait(15) == 0
-        wait_until(lambda: second.done(), 10, "the second container taking the id over")
-    else:
-        wait_until(lambda: second.done(), 10, "the second container at work too")
+    wait_until(
+        lambda: len(first.done()) >= 20 and len(second.done()) >= 20, 15, "both at work at once"
+    )
+    assert [c.proc.poll() for c in containers] == [None, None]
     pushed = producer.finish()
     wait_until(lambda: set(pushed) <= set(first.done() + second.done()), 20, "all pushed done")
     runs_ = Counter(first.done() + second.done())
     assert [body for body, n in runs_.items() if n > 1] == []
+    assert events(containers, "worker.id_held_elsewhere") == []
     assert server.client().llen(f"{QUEUE}:dead") == 0
+    stop_all(containers)
     print(f"\nmultihost: host-networked containers' default worker ids {ids}")
+
+
+def test_hosts_with_one_hostname_get_different_default_ids_and_both_consume(
+    taskd: DaemonFactory, hosts: tuple[Hosts, RedisServer]
+) -> None:
+    """Cloned VMs given new machine ids: one hostname, each supervisord's `consumer_00`.
+
+    Before issue 14's fix both default ids were `twin:consumer_00`. Each host's processes see
+    their own /etc/machine-id (a bind mount in a mount namespace of their own, see
+    tools/harness/hosts.py): `twin:<tag of its machine id>:consumer_00`, both consume at once.
+    """
+    if not (machine_ids_available() and hostnames_available()):
+        pytest.skip("no mount or UTS namespaces here: no host of its own name and machine id")
+    two, server = hosts
+    a, b = two.hosts
+    for host, machine_id in ((a, "a" * 32), (b, "b" * 32)):
+        host.hostname, host.machine_id = "twin", machine_id
+    clones = [
+        taskd.consume(
+            host.url,
+            "--queue",
+            QUEUE,
+            "--handler",
+            "handlers_for_tests:record",
+            **host.env(),
+            SUPERVISOR_PROCESS_NAME="consumer_00",
+        )
+        for host in (a, b)
+    ]
+    for daemon in clones:
+        daemon.wait_for_event("consumer.started", 20)
+    ids = [worker_of(d) for d in clones]
+    pairs = zip((a, b), clones, strict=True)
+    assert ids == [f"twin:{tag_of(d.pid, h.machine_id)}:consumer_00" for h, d in pairs]
+    assert ids[0] != ids[1]
+    admin = server.client()
+    alive = [f"{QUEUE}:alive:{worker}" for worker in ids]
+    wait_until(lambda: all(admin.exists(key) for key in alive), 10, "both ids taken")
+    assert [json.loads(admin.get(key))["host"] for key in alive] == ["twin", "twin"]
+
+    producer = Producer(server.port, QUEUE, every=0.02, prefix="twin")
+    producer.start()
+    wait_until(
+        lambda: {p for p, ph, _ in taskd.records() if ph == "done"} >= pids(clones),
+        15,
+        "both hosts at work at once",
+    )
+    pushed = producer.finish()
+    wait_until(lambda: set(pushed) <= set(runs(taskd)), 20, "every pushed task done")
+    assert [body for body, n in runs(taskd, "start").items() if n > 1] == []
+    assert events(clones, "worker.id_held_elsewhere") == []
+    stop_all(clones)
+    assert admin.llen(f"{QUEUE}:dead") == 0
+    print(f"\nmultihost: one hostname, two machine ids: default worker ids {ids}")
 
 
 def test_the_link_cut_is_a_real_black_hole_for_one_host_only(

@@ -9,9 +9,12 @@ black hole mode.
 
 A host's processes enter it at interpreter start: `Host.env()` puts a one-line sitecustomize on
 PYTHONPATH that calls `enter_from_env()`, which joins the namespace (setns), gives the process
-a UTS namespace with the host's own hostname (so taskd's default worker id `<hostname>:<pid>`
-names the host, as on a real machine) and, when asked, shifts `time.time()` by a fixed offset
-(a host whose wall clock is minutes off; the monotonic clock, like a real one, is untouched).
+a UTS namespace with the host's own hostname (so taskd's default worker id
+`<hostname>:<machine tag>:<pid>` names the host, as on a real machine), when the host has a
+`machine_id` of its own, a private mount namespace in which a file holding it is bind-mounted
+over /etc/machine-id (two machines with one hostname: cloned VMs that were given new machine
+ids), and, when asked, shifts `time.time()` by a fixed offset (a host whose wall clock is
+minutes off; the monotonic clock, like a real one, is untouched).
 """
 
 from __future__ import annotations
@@ -33,11 +36,15 @@ from tools.chaos_proxy.proxy import ChaosProxy
 NETNS_ENV = "MULTIHOST_NETNS"  # /run/netns/<name> to join
 HOSTNAME_ENV = "MULTIHOST_HOSTNAME"  # the hostname the host's processes see
 OFFSET_ENV = "MULTIHOST_WALL_OFFSET"  # seconds added to time.time()
+MACHINE_ID_ENV = "MULTIHOST_MACHINE_ID"  # a file to bind-mount over /etc/machine-id
+MACHINE_ID = "/etc/machine-id"
 LOOPBACK_ENV = "MULTIHOST_LOOPBACK"  # "1": loopback hosts even where namespaces are allowed
 # a container's PID namespace: its first process (the command) is pid 1, as under `docker run`
 PID_NAMESPACE = ("unshare", "--pid", "--fork", "--kill-child", "--mount-proc")
 _CLONE_NEWNET = 0x40000000
 _CLONE_NEWUTS = 0x04000000
+_CLONE_NEWNS = 0x00020000
+_MS_BIND, _MS_REC, _MS_PRIVATE = 0x1000, 0x4000, 0x40000
 _SHIM = "from tools.harness.hosts import enter_from_env\nenter_from_env()\n"
 
 
@@ -55,9 +62,22 @@ def enter_from_env() -> None:
     name = os.environ.get(HOSTNAME_ENV, "").encode()
     if name and (libc.unshare(_CLONE_NEWUTS) != 0 or libc.sethostname(name, len(name)) != 0):
         raise OSError(ctypes.get_errno(), f"hostname {name!r}")
+    machine_id = os.environ.get(MACHINE_ID_ENV, "")
+    if machine_id:
+        _see_machine_id(libc, machine_id)
     offset = float(os.environ.get(OFFSET_ENV, "0") or 0)
     if offset:
         time.time = lambda real=time.time, offset=offset: real() + offset  # type: ignore[misc]
+
+
+def _see_machine_id(libc: ctypes.CDLL, path: str) -> None:
+    """Mounts of our own (private: nothing propagates back), with `path` over /etc/machine-id."""
+    if (
+        libc.unshare(_CLONE_NEWNS) != 0
+        or libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0
+        or libc.mount(path.encode(), MACHINE_ID.encode(), None, _MS_BIND, None) != 0
+    ):
+        raise OSError(ctypes.get_errno(), f"machine id {path!r} over {MACHINE_ID}")
 
 
 def inner_pid(unshare_pid: int) -> int:
@@ -88,6 +108,17 @@ def hostnames_available() -> bool:
         return False
 
 
+def machine_ids_available() -> bool:
+    """Whether a process here may see a machine id of its own (a mount namespace, a bind)."""
+    if not os.path.isfile(MACHINE_ID):
+        return False
+    try:
+        probe = ["unshare", "--mount", "mount", "--bind", MACHINE_ID, MACHINE_ID]
+        return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
+    except OSError:
+        return False
+
+
 def namespaces_available() -> bool:
     """Whether this process may create network namespaces (and the `ip` tool is there)."""
     if os.geteuid() != 0 or not shutil.which("ip"):
@@ -107,6 +138,7 @@ class Host:
     def __init__(self, name: str, site: Path, root: Path) -> None:
         self.name = name
         self.hostname = name  # what its processes' gethostname() says (see Hosts)
+        self.machine_id = ""  # what its processes read in /etc/machine-id ("": this machine's)
         self.site = site
         self.root = root
         self.address = ""  # this host's own address (a LoopbackHost's proxy listens on it)
@@ -125,7 +157,16 @@ class Host:
             NETNS_ENV: self.netns,
             HOSTNAME_ENV: self.hostname if self.hostname != socket.gethostname() else "",
             OFFSET_ENV: repr(wall_offset),
+            MACHINE_ID_ENV: self._machine_id_file(),
         }
+
+    def _machine_id_file(self) -> str:
+        """The file its processes see as /etc/machine-id ("" for this machine's own)."""
+        if not self.machine_id:
+            return ""
+        path = self.site / f"machine-id-{self.name}"
+        path.write_text(self.machine_id + "\n")
+        return str(path)
 
     def root_path(self) -> list[str]:
         return [str(self.root / "tests"), str(self.root)]
