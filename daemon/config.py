@@ -123,10 +123,10 @@ def from_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def default_worker_id(env: Mapping[str, str]) -> str:
-    """`<host>:<machine tag>:<supervisor process name>` under supervisord (stable across
-    restarts), else `<host>:<machine tag>:<pid>`: unique across hosts (daemon/worker_id.py)."""
-    return local_default_worker_id(env.get("SUPERVISOR_PROCESS_NAME", ""))
+def default_worker_id(env: Mapping[str, str], name: str = "") -> str:
+    """`<host>:<machine tag>:<name>`: `name` (--worker-name), else the supervisord process
+    name (both stable across restarts), else the pid; unique across hosts (worker_id.py)."""
+    return local_default_worker_id(name or env.get("SUPERVISOR_PROCESS_NAME", ""))
 
 
 def load(
@@ -144,7 +144,7 @@ def load(
     for name, row in secrets(Settings).items():
         values[name] = _secret(name, values.get(row.file_setting, ""), row.file_setting, env)
     if not values.get("worker_id"):
-        values["worker_id"] = default_worker_id(env)
+        values["worker_id"] = default_worker_id(env, values.get("worker_name", ""))
     return Settings(**values).validate()
 
 

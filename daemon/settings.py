@@ -266,9 +266,21 @@ class Settings:
     worker_id: str = setting(
         "",
         "stable id of this worker (its processing list); default "
-        "<host>:<machine tag>:<process name> under supervisord, else <host>:<machine tag>:<pid> "
-        "(the tag: 8 hex from /etc/machine-id, and the PID namespace in a container)",
+        "<host>:<machine tag>:<name>, name = --worker-name, else the supervisord process "
+        "name, else the pid (the tag: 8 hex from /etc/machine-id, and the PID namespace in "
+        "a container)",
         Text("a worker id without spaces", valid=lambda t: not any(c.isspace() for c in t)),
+        LOOPS,
+    )
+    worker_name: str = setting(
+        "",
+        "the last part of the default worker id, stable across restarts (e.g. consumer-1 "
+        "under systemd); the host and machine tag before it keep it unique across hosts",
+        Text(
+            "a name without spaces or colons",
+            example="consumer-1",
+            valid=lambda t: not any(c.isspace() or c == ":" for c in t),
+        ),
         LOOPS,
     )
     stall_timeout: float = setting(

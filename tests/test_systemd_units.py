@@ -23,6 +23,7 @@ from test_systemd_notify import NotifySocket
 from conftest import ROOT, DaemonFactory, RedisServer, wait_until
 from daemon import cli, config
 from daemon.config import Settings
+from daemon.worker_id import local_machine_tag
 from tools.harness.ports import free_port
 
 UNITS = ROOT / "conf" / "systemd"
@@ -120,7 +121,8 @@ def consumer_argv(instance: str) -> list[str]:
 @pytest.mark.parametrize("instance", ["1", "4", "9"])
 def test_consumer_instances_get_stable_ids_and_ports(instance: str) -> None:
     settings = cli._settings(cli.build_parser().parse_args(consumer_argv(instance)))
-    assert settings.worker_id == f"{socket.gethostname()}:consumer-{instance}"
+    # unique across hosts that share a host name: the machine tag between the two
+    assert settings.worker_id == f"{socket.gethostname()}:{local_machine_tag()}:consumer-{instance}"
     assert settings.metrics_port == 18600 + int(instance)
 
 
