@@ -263,15 +263,6 @@ class Settings:
         Text("module:function, e.g. daemon.handlers:log", example="m:f", valid=_is_handler),
         LOOPS,
     )
-    worker_id: str = setting(
-        "",
-        "stable id of this worker (its processing list); default "
-        "<host>:<machine tag>:<name>, name = --worker-name, else the supervisord process "
-        "name, else the pid (the tag: 8 hex from /etc/machine-id, and the PID namespace in "
-        "a container)",
-        Text("a worker id without spaces", valid=lambda t: not any(c.isspace() for c in t)),
-        LOOPS,
-    )
     worker_name: str = setting(
         "",
         "the last part of the default worker id, stable across restarts (e.g. consumer-1 "
@@ -281,6 +272,15 @@ class Settings:
             example="consumer-1",
             valid=lambda t: not any(c.isspace() or c == ":" for c in t),
         ),
+        LOOPS,
+    )
+    worker_id: str = setting(
+        "",
+        "stable id of this worker (its processing list); default "
+        "<host>:<machine tag>:<name>, name = --worker-name, else the supervisord process "
+        "name, else the pid (the tag: 8 hex from /etc/machine-id, and the PID namespace in "
+        "a container)",
+        Text("a worker id without spaces", valid=lambda t: not any(c.isspace() for c in t)),
         LOOPS,
     )
     stall_timeout: float = setting(

@@ -91,6 +91,19 @@ def test_this_machines_default_id_is_host_tag_pid_from_its_own_files() -> None:
     assert named.worker_id == f"{host}:{tag}:consumer_01"
     given = {"TASKD_WORKER_ID": "mine", "SUPERVISOR_PROCESS_NAME": "consumer_01"}
     assert config.load({}, env=given).worker_id == "mine"  # an explicit id is unchanged
+    # --worker-name (the systemd units' consumer-%i) wins over supervisord's name
+    chosen = config.load({"worker_name": "consumer-3"}, env={"SUPERVISOR_PROCESS_NAME": "x"})
+    assert chosen.worker_id == f"{host}:{tag}:consumer-3"
+
+
+def test_a_worker_name_with_a_colon_or_a_space_stops_startup_in_one_line(
+    taskd: DaemonFactory,
+) -> None:
+    for bad in ("a:b", "a b"):
+        done = taskd.run("consume", "--worker-name", bad, "--handler", "daemon.handlers:noop")
+        assert done.returncode == 78
+        (line,) = done.stderr.decode().strip().splitlines()
+        assert f"--worker-name={bad!r}" in line and "without spaces or colons" in line, line
 
 
 def _default_id_in(prefix: tuple[str, ...]) -> str:
