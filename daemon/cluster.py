@@ -125,12 +125,12 @@ def make_cluster_client(settings: Settings, client_name: str | None = None) -> R
     kwargs = client_kwargs(settings, client_name)
     for dropped in ("db", "retry", "redis_connect_func", "health_check_interval"):
         kwargs.pop(dropped, None)
+    # TLS is our connection class's (an SSLConnection): redis-py's `ssl=True` would be
+    # passed on to each connection, which takes no such argument
     tls = bool(kwargs.pop("ssl", False))
     if not tls:
         for tls_only in [k for k in kwargs if k.startswith("ssl_")]:
             kwargs.pop(tls_only)
-    else:
-        kwargs["ssl"] = True
     connection_class = _connection_class(
         tls, settings.health_check_interval, settings.connect_timeout
     )

@@ -171,7 +171,7 @@ def test_unit_command_line_runs_reports_ready_and_stops_cleanly(
         ready = notify.wait_for("READY", "1", 30)
         if name == "taskd-consumer@.service":
             workers = redis_server.client().zrange("task:prodcons:queue:workers", 0, -1)
-            assert workers == [f"{socket.gethostname()}:consumer-3".encode()]
+            assert workers == [f"{socket.gethostname()}:{local_machine_tag()}:consumer-3".encode()]
         if name != "taskd-web.service":
             wait_until(lambda: notify.pings(ready), 10, "WATCHDOG=1")
         daemon.signal(signal.SIGTERM)

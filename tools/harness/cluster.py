@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -26,6 +27,16 @@ from tools.harness.redis_server import RedisServer, RedisStartError
 
 NODE_TIMEOUT_MS = 2000
 BUS_OFFSET = 50
+TLS_OFFSET = 25  # with `tls`: each node's TLS port is its port + this (below the bus ports)
+
+
+@dataclass(frozen=True)
+class ClusterTls:
+    """Certificate files for a TLS cluster: clients, the cluster bus and replication."""
+
+    cert: Path
+    key: Path
+    ca: Path
 
 
 class ClusterStartError(RuntimeError):
@@ -47,6 +58,7 @@ class RedisCluster:
         replicas: int = 1,
         password: str | None = None,
         slots: Mapping[int, int] | None = None,
+        tls: ClusterTls | None = None,
     ) -> None:
         if primaries < 1 or replicas < 0:
             raise ValueError("a cluster needs a primary or more, and 0 or more replicas each")
@@ -55,8 +67,11 @@ class RedisCluster:
         self.primaries = primaries
         self.replicas = replicas
         self.slots = dict(slots or {})
+        self.tls = tls
         cluster_form.owners(primaries, self.slots)  # a bad placement fails here, not at start
         count = primaries * (1 + replicas)
+        if count > TLS_OFFSET:
+            raise ValueError(f"at most {TLS_OFFSET} nodes")
         # each node's cluster bus on port + BUS_OFFSET (not redis's +10000: the ephemeral range)
         base = free_port_block(BUS_OFFSET + count) * 100
         self.nodes = [self._node(base + n) for n in range(count)]
@@ -68,6 +83,7 @@ class RedisCluster:
             workdir,
             port,
             *auth,
+            *self._tls_args(port),
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
@@ -80,6 +96,23 @@ class RedisCluster:
             "0",
             password=self.password,
         )
+
+    def _tls_args(self, port: int) -> tuple[str, ...]:
+        """TLS on a port of its own, for clients, the cluster bus and replication; the plain
+        port stays open for the harness (forming the cluster, the tests' own checks)."""
+        if self.tls is None:
+            return ()
+        files = ("--tls-cert-file", self.tls.cert, "--tls-key-file", self.tls.key)
+        ca = ("--tls-ca-cert-file", self.tls.ca, "--tls-auth-clients", "no")
+        both = ("--tls-cluster", "yes", "--tls-replication", "yes")
+        return ("--tls-port", str(port + TLS_OFFSET), *map(str, files + ca), *both)
+
+    @property
+    def tls_url(self) -> str:
+        """A taskd cluster URL over TLS naming the first three nodes' TLS ports."""
+        nodes = ",".join(f"localhost:{n.port + TLS_OFFSET}" for n in self.nodes[:3])
+        auth = f":{self.password}@" if self.password else ""
+        return f"rediss+cluster://{auth}{nodes}/"
 
     @property
     def addresses(self) -> list[str]:
