@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from daemon.redis_errors import RedisFatalError
+from daemon.worker_id import BOOT_ID_FILE, PIDNS_LINK, read_link, read_text
 
 if TYPE_CHECKING:
     from daemon.reliable import ReliableQueue
@@ -53,8 +54,8 @@ class Owner:
             host=socket.gethostname(),
             pid=pid,
             since=round(time.time(), 3),
-            boot=_read("/proc/sys/kernel/random/boot_id"),
-            pidns=_readlink("/proc/self/ns/pid"),
+            boot=read_text(BOOT_ID_FILE),
+            pidns=read_link(PIDNS_LINK),
             start=process_start(pid),
         )
 
@@ -106,25 +107,10 @@ def process_alive(holder: Owner) -> bool:
 
 def process_start(pid: int) -> str:
     """Start time of `pid` in clock ticks since boot (/proc), "" where unknown."""
-    stat = _read(f"/proc/{pid}/stat")
+    stat = read_text(f"/proc/{pid}/stat")
     # the command name (field 2) may contain spaces and parentheses: split after the last ')'
     fields = stat.rsplit(")", 1)[-1].split()
     return fields[19] if len(fields) > 19 else ""
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-def _readlink(path: str) -> str:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return ""
 
 
 class IdKeeper:

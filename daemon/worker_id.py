@@ -53,8 +53,10 @@ def machine_tag(machine_id: str, pidns: str, boot_id: str) -> str:
 
 def local_machine_tag() -> str:
     """This process's machine tag, from the files it is derived from."""
-    machine_id = next((text for text in map(_read, MACHINE_ID_FILES) if is_machine_id(text)), "")
-    return machine_tag(machine_id, _readlink(PIDNS_LINK), _read(BOOT_ID_FILE))
+    machine_id = next(
+        (text for text in map(read_text, MACHINE_ID_FILES) if is_machine_id(text)), ""
+    )
+    return machine_tag(machine_id, read_link(PIDNS_LINK), read_text(BOOT_ID_FILE))
 
 
 def local_default_worker_id(process_name: str) -> str:
@@ -62,7 +64,8 @@ def local_default_worker_id(process_name: str) -> str:
     return f"{socket.gethostname()}:{local_machine_tag()}:{process_name or os.getpid()}"
 
 
-def _read(path: str) -> str:
+def read_text(path: str) -> str:
+    """A small text file of /proc or /etc, stripped; "" where it cannot be read."""
     try:
         with open(path, encoding="ascii", errors="replace") as handle:
             return handle.read().strip()
@@ -70,7 +73,8 @@ def _read(path: str) -> str:
         return ""
 
 
-def _readlink(path: str) -> str:
+def read_link(path: str) -> str:
+    """Where a link of /proc points; "" where it cannot be read."""
     try:
         return os.readlink(path)
     except OSError:
