@@ -253,8 +253,6 @@ def test_queue_slot_resharded_under_load_moved_and_ask_followed_nothing_lost(
         for n in redis_cluster.nodes
         if n.port != source.port and n.client().execute_command("ROLE")[0] == b"master"
     )
-    ids = [n.client().cluster("myid") for n in (source, target)]
-    ids = [i.decode() if isinstance(i, bytes) else i for i in ids]
     first = [f"slow:0.005:a{i}" for i in range(200)]
     enqueue(taskd, redis_cluster, queue, *first)
     for worker in ("one", "two"):
@@ -265,21 +263,7 @@ def test_queue_slot_resharded_under_load_moved_and_ask_followed_nothing_lost(
     pushing = [f"b{i}" for i in range(200)]
     producer = redis_cluster.client()
     reshard = subprocess.Popen(
-        [
-            "redis-cli",
-            "--cluster",
-            "reshard",
-            f"127.0.0.1:{source.port}",
-            "--cluster-from",
-            ids[0],
-            "--cluster-to",
-            ids[1],
-            "--cluster-slots",
-            "1",
-            "--cluster-yes",
-            "--cluster-pipeline",
-            "1",
-        ],
+        RedisCluster.reshard_argv(source, target, "--cluster-pipeline", "1"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

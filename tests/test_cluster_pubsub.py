@@ -93,21 +93,7 @@ def test_channel_slot_resharded_the_subscriber_follows_it(
     target = next(n for n in primaries(redis_cluster) if n.port != source.port)
     sub = subscribe(taskd, redis_cluster, SLOT_0, other)
     sub.wait_for_event("pubsub.subscribed", 15)
-    ids = [n.client().cluster("myid") for n in (source, target)]
-    ids = [i.decode() if isinstance(i, bytes) else i for i in ids]
-    reshard = [
-        "redis-cli",
-        "--cluster",
-        "reshard",
-        f"127.0.0.1:{source.port}",
-        "--cluster-from",
-        ids[0],
-        "--cluster-to",
-        ids[1],
-        "--cluster-slots",
-        "1",
-        "--cluster-yes",
-    ]
+    reshard = RedisCluster.reshard_argv(source, target)
     done = subprocess.run(reshard, capture_output=True, timeout=30, check=False)
     assert done.returncode == 0, done.stdout[-500:]
     wait_until(lambda: redis_cluster.node_of(SLOT_0).port == target.port, 10, "slot 0 moved")

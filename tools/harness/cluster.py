@@ -254,6 +254,15 @@ class RedisCluster:
                 raise ClusterStartError(f"slots {sorted(placement)} not placed within 10 s")
             time.sleep(0.05)
 
+    @staticmethod
+    def reshard_argv(source: RedisServer, target: RedisServer, *more: str) -> list[str]:
+        """`redis-cli --cluster reshard` moving one slot (the lowest) of `source` to `target`,
+        unattended; `more` adds options (e.g. ``--cluster-pipeline 1``)."""
+        ids = [cluster_form.node_id(source), cluster_form.node_id(target)]
+        moves = ["--cluster-from", ids[0], "--cluster-to", ids[1], "--cluster-slots", "1"]
+        args = ["--cluster", "reshard", f"127.0.0.1:{source.port}", *moves, "--cluster-yes"]
+        return ["redis-cli", *args, *more]
+
     def primary(self, index: int) -> RedisServer:
         """Primary `index` as formed (before any failover)."""
         return self.nodes[index]
