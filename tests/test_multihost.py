@@ -64,7 +64,12 @@ def hosts(tmp_path: Path) -> Iterator[tuple[Hosts, RedisServer]]:
 
 
 def start_consumers(
-    taskd: DaemonFactory, host: Host, n: int, *args: str, wall_offset: float = 0.0
+    taskd: DaemonFactory,
+    host: Host,
+    n: int,
+    *args: str,
+    wall_offset: float = 0.0,
+    **env: str,
 ) -> list[Daemon]:
     """`n` consumers on `host`, default worker ids, once each has said it started."""
     started = [
@@ -76,6 +81,7 @@ def start_consumers(
             "handlers_for_tests:record",
             *args,
             **host.env(wall_offset),
+            **env,
         )
         for _ in range(n)
     ]
@@ -378,19 +384,10 @@ def test_hosts_with_one_hostname_get_different_default_ids_and_both_consume(
     for host, machine_id in ((a, "a" * 32), (b, "b" * 32)):
         host.hostname, host.machine_id = "twin", machine_id
     clones = [
-        taskd.consume(
-            host.url,
-            "--queue",
-            QUEUE,
-            "--handler",
-            "handlers_for_tests:record",
-            **host.env(),
-            SUPERVISOR_PROCESS_NAME="consumer_00",
-        )
+        daemon
         for host in (a, b)
+        for daemon in start_consumers(taskd, host, 1, SUPERVISOR_PROCESS_NAME="consumer_00")
     ]
-    for daemon in clones:
-        daemon.wait_for_event("consumer.started", 20)
     ids = [worker_of(d) for d in clones]
     pairs = zip((a, b), clones, strict=True)
     assert ids == [f"twin:{tag_of(d.pid, h.machine_id)}:consumer_00" for h, d in pairs]
