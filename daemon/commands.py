@@ -347,19 +347,19 @@ def _requeue_dead(client: Any, queue: str) -> tuple[int, int]:
 
 
 def _warn_unserved_shards(client: Any, settings: Settings) -> None:
-    """Tasks on the shard past the ones asked for: more shards than --shards, or unsharded."""
+    """Tasks on the shard past the ones asked for: more shards than --shards, or unsharded.
+    An ACL user limited to the queues it serves cannot tell: nothing is said."""
     from daemon.keys import unserved_shard
+    from daemon.status import unserved_tasks
 
+    found = unserved_tasks(client, settings.queues, settings.shards) or {}
     for queue in settings.queues:
         shard = unserved_shard(queue, settings.shards)
-        try:
-            waiting = int(client.llen(shard))
-        except redis.exceptions.NoPermissionError:
-            return  # an ACL user limited to the queues it serves: nothing to say
-        if waiting:
+        if shard in found:
             print(
-                f"warning: {shard} holds {waiting} task(s): {queue} has more shards than "
-                f"--shards={settings.shards}; give producers and consumers the same --shards",
+                f"warning: {shard} holds {found[shard]} task(s): {queue} has more shards "
+                f"than --shards={settings.shards}; give producers and consumers the same "
+                "--shards",
                 file=sys.stderr,
             )
 

@@ -9,10 +9,10 @@ to outlive the next blocking claim with IDLE_BEAT_MARGIN to spare. The TTL, and 
 dead worker is found, stays as set; an idle worker just sends fewer commands. Likewise an idle
 worker promotes due retries about once per block timeout (every turn of one queue), a busy
 one every second, and looks first whether anything is delayed at all (one EXISTS per
-queue), and the periodic reconciliation first looks
-whether the processing list holds more than the worker knows of (one LLEN). Every
-UNSERVED_EVERY seconds one LLEN per queue looks at the shard past the ones served: tasks
-there (producers given more --shards than the consumers) are said in a warning.
+queue), and the periodic reconciliation first looks whether the processing list holds more
+than the worker knows of (one LLEN). Every UNSERVED_EVERY seconds one pipelined LLEN per
+queue looks at the shard past the ones served: tasks there (producers given more --shards
+than the consumers) are said in a warning.
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis
-
 from daemon.config import Settings
 from daemon.faults import LinkState
 from daemon.inflight import Task
 from daemon.keys import unserved_shard
 from daemon.recovery import Recovery
 from daemon.reliable import ReliableQueue
+from daemon.status import unserved_tasks
 
 HEARTBEAT_EVERY = 1.0  # seconds between heartbeats of a busy worker
 PROMOTE_EVERY = 1.0  # seconds between moves of due retries back to pending
@@ -137,38 +136,37 @@ class Duties:
     def _look_for_unserved_shards(self) -> None:
         """Tasks on a shard past ours would wait for ever, unseen: say so (once per change).
 
-        An ACL user whose key patterns leave out the shard's name cannot look: said once.
+        An ACL user whose key patterns leave out the shards' names cannot look: said once.
         """
         if self._unserved is None:
             return
-        client = self.queues[0].client
+        found = unserved_tasks(self.queues[0].client, self.settings.queues, self.settings.shards)
+        if found is None:
+            self._unserved = None
+            self.log.info(
+                "queue.unserved_shard_unchecked",
+                shard=unserved_shard(self.settings.queues[0], self.settings.shards),
+                note="the ACL user may not read it: tasks pushed onto more shards than "
+                "this consumer serves are not looked for (docs/scale-out.md)",
+            )
+            return
         for queue in self.settings.queues:
             shard = unserved_shard(queue, self.settings.shards)
-            try:
-                waiting = int(client.llen(shard))
-            except redis.exceptions.NoPermissionError:
-                self._unserved = None
-                self.log.info(
-                    "queue.unserved_shard_unchecked",
+            if (shard in found) == (shard in self._unserved):
+                continue
+            self._unserved ^= {shard}
+            if shard in found:
+                self.log.warning(
+                    "queue.unserved_shard",
+                    queue=queue,
                     shard=shard,
-                    note="the ACL user may not read it: tasks pushed onto more shards than "
-                    "this consumer serves are not looked for (docs/scale-out.md)",
+                    waiting=found[shard],
+                    shards=self.settings.shards,
+                    note="producers push onto more shards than this consumer serves: "
+                    "give every producer and consumer the same --shards",
                 )
-                return
-            if bool(waiting) != (shard in self._unserved):
-                self._unserved.symmetric_difference_update({shard})
-                if waiting:
-                    self.log.warning(
-                        "queue.unserved_shard",
-                        queue=queue,
-                        shard=shard,
-                        waiting=waiting,
-                        shards=self.settings.shards,
-                        note="producers push onto more shards than this consumer serves: "
-                        "give every producer and consumer the same --shards",
-                    )
-                else:
-                    self.log.info("queue.unserved_shard_empty", queue=queue, shard=shard)
+            else:
+                self.log.info("queue.unserved_shard_empty", queue=queue, shard=shard)
 
     def _due(self, name: str, every: float, now: float) -> bool:
         if now >= self._next.get(name, 0.0):

@@ -28,10 +28,9 @@ from daemon import metrics
 from daemon.config import ConfigError, Settings
 from daemon.duties import UNSERVED_EVERY
 from daemon.faults import LinkState
-from daemon.keys import unserved_shard
 from daemon.liveness import GuardedThread, Progress, Snapshot, stall_reason
 from daemon.redis_url import redact
-from daemon.status import QueueStatus
+from daemon.status import QueueStatus, unserved_tasks
 
 SCRAPE_DEADLINE = 2.0  # seconds one scrape may spend reading depths before it answers without
 STALE_LIMIT = 60.0  # a late scrape exports the last read only while it is younger than this
@@ -73,7 +72,7 @@ class QueueDepthCollector(Collector):
         self.client = client
         self.queues: tuple[str, ...] = settings.served_queues  # each shard: a label value
         # the shard past ours: exported only while it holds tasks (TaskdNoLiveConsumers)
-        self.unserved = tuple(unserved_shard(q, settings.shards) for q in settings.queues)
+        self.named, self.shards = settings.queues, settings.shards  # for the shard past ours
         self._unserved_at = 0.0
         self._unserved_found: list[QueueStatus] = []
         self.deadline = deadline
@@ -123,22 +122,17 @@ class QueueDepthCollector(Collector):
         self._last = (self.clock(), rows)  # fresh for every scrape waiting now
 
     def _unserved_rows(self) -> list[QueueStatus]:
-        """The shards past ours that hold tasks: one LLEN each, every UNSERVED_EVERY seconds
-        (a scrape in between reuses the last look); none when the ACL forbids the look."""
+        """The shards past ours that hold tasks, looked at every UNSERVED_EVERY seconds (a
+        scrape in between reuses the last look); none when the ACL forbids the look."""
         now = self.clock()
-        if self.unserved and now >= self._unserved_at:
+        if self.named and now >= self._unserved_at:
             self._unserved_at = now + UNSERVED_EVERY
-            pipe = self.client.pipeline(transaction=False)
-            for shard in self.unserved:
-                pipe.llen(shard)
             try:
-                replies = pipe.execute(raise_on_error=False)
+                found = unserved_tasks(self.client, self.named, self.shards)
             except redis.RedisError:
-                replies = []
+                found = None
             self._unserved_found = [
-                QueueStatus(shard, int(n), 0, 0, 0)
-                for shard, n in zip(self.unserved, replies, strict=False)
-                if isinstance(n, int) and n > 0
+                QueueStatus(shard, waiting, 0, 0, 0) for shard, waiting in (found or {}).items()
             ]
         return self._unserved_found
 

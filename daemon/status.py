@@ -23,7 +23,7 @@ import redis
 
 from daemon.cluster import is_cluster
 from daemon.dead_letters import parse_dead_letter
-from daemon.keys import QueueKeys, shard_names
+from daemon.keys import QueueKeys, shard_names, unserved_shard
 from daemon.reliable import digest
 
 # Workers read per queue and read: bounds one read's size even when dead workers pile up
@@ -196,6 +196,23 @@ def sharded_statuses(client: Any, queues: Sequence[str], shards: int) -> list[Qu
     """One status per queue of `queues`, each summing its `shards` (all read in one go)."""
     rows = iter(queue_statuses(client, [n for q in queues for n in shard_names(q, shards)]))
     return [summed(queue, [next(rows) for _ in range(shards)]) for queue in queues]
+
+
+def unserved_tasks(client: Any, queues: Sequence[str], shards: int) -> dict[str, int] | None:
+    """Tasks waiting on the shard past the `shards` served of each queue (keys.unserved_shard),
+    by shard name, only those holding some; one pipelined round trip. None when the ACL
+    user may not read those names (then nobody can tell); other errors raise."""
+    names = [unserved_shard(queue, shards) for queue in queues]
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.llen(name)
+    replies = pipe.execute(raise_on_error=False) if names else []
+    if any(isinstance(r, redis.exceptions.NoPermissionError) for r in replies):
+        return None
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return {name: int(n) for name, n in zip(names, replies, strict=True) if int(n)}
 
 
 def _cluster_time(client: Any, queue: str) -> Any:
